@@ -1,0 +1,72 @@
+"""Assembles the daemon: store, providers, service, connection, and the order they stop in.
+
+Start-up does not wait for the database: the store opens in the background while
+``initialize`` is answered, and store-backed requests wait for it.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import structlog
+
+from .dispatch import Dispatcher
+from .handlers import ClientState, build_handlers
+from .providers import ProviderRegistry
+from .server import Connection
+from .service import SessionService
+from .stdio import Writer
+from .store import Store
+
+log = structlog.get_logger("warren.app")
+
+
+@dataclass
+class Options:
+    db: Path | None
+    max_line_bytes: int
+    busy_timeout_ms: int = 5000
+    shutdown_grace_s: float = 5.0
+
+
+async def serve(options: Options, in_fd: int, out_fd: int) -> None:
+    store = Store(options.db, busy_timeout_ms=options.busy_timeout_ms)
+    connection = Connection(
+        Writer(out_fd), max_line_bytes=options.max_line_bytes, shutdown_grace_s=options.shutdown_grace_s
+    )
+    connection.writer.on_broken = connection.stop_reading
+    service = SessionService(store, ProviderRegistry(), connection)
+    connection.on_shutdown = service.interrupt_all
+    connection.dispatcher = Dispatcher(
+        build_handlers(service, connection, ClientState(), max_line_bytes=options.max_line_bytes)
+    )
+    log.info("started", db=str(options.db) if options.db else ":memory:", max_line_bytes=options.max_line_bytes)
+
+    async with anyio.create_task_group() as root:
+        root.start_soon(connection.writer.run)
+        await root.start(store.run)
+        root.start_soon(_recover, service)
+        root.start_soon(_watch_signals, connection)
+        await connection.serve(in_fd)
+        connection.writer.close()
+        with anyio.move_on_after(options.shutdown_grace_s):
+            await connection.writer.wait_drained()
+        root.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _recover(service: SessionService) -> None:
+    try:
+        await service.recover()
+    except Exception as exc:  # noqa: BLE001 - the store error is already logged; serving goes on
+        log.warning("recovery_skipped", error=type(exc).__name__)
+
+
+async def _watch_signals(connection: Connection) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal", signal=signal.Signals(signum).name)
+            connection.stop_reading()

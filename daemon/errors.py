@@ -1,0 +1,195 @@
+"""The session service's exception family and the one function that maps it to the wire.
+
+Handlers raise these and never build error dicts. ``to_wire`` is the only place where an
+exception becomes a JSON-RPC error, so the table in PROTOCOL.md section 6 lives in one spot
+(with the numbers themselves in ``protocol.errors``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from protocol.errors import ErrorObject, error_object
+
+
+class WarrenError(Exception):
+    """Base of every error a client may see. ``code`` is the stable ``data.code``."""
+
+    code: str = "INTERNAL_ERROR"
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def data(self) -> dict[str, Any]:
+        return {}
+
+
+class SessionError(WarrenError):
+    code = "SESSION_ERROR"
+
+
+class NotFound(SessionError):
+    code = "SESSION_NOT_FOUND"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"No session {session_id!r}: check the id, or list sessions with session/list")
+        self.session_id = session_id
+
+    def data(self) -> dict[str, Any]:
+        return {"session_id": self.session_id}
+
+
+class Busy(SessionError):
+    code = "SESSION_BUSY"
+    retryable = True
+
+    def __init__(self, session_id: str, running_turn_id: str, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"Session {session_id!r} is running turn {running_turn_id!r}: wait for its result "
+            "or call turn/interrupt"
+        )
+        self.session_id = session_id
+        self.running_turn_id = running_turn_id
+
+    def data(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "running_turn_id": self.running_turn_id}
+
+
+class NotRunning(SessionError):
+    code = "SESSION_NOT_RUNNING"
+
+    def __init__(self, session_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"Session {session_id!r} has no running turn")
+        self.session_id = session_id
+
+    def data(self) -> dict[str, Any]:
+        return {"session_id": self.session_id}
+
+
+class PersistenceDisabled(SessionError):
+    code = "SESSION_PERSISTENCE_DISABLED"
+
+
+class CompactionDisabled(SessionError):
+    code = "SESSION_COMPACTION_DISABLED"
+
+
+class Store(SessionError):
+    """The store failed: locked, full, read-only or corrupt. Committed data is untouched."""
+
+    code = "SESSION_STORE_ERROR"
+
+    def __init__(self, message: str, *, reason: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+
+    def data(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+class Unsupported(SessionError):
+    code = "SESSION_UNSUPPORTED"
+
+    def __init__(self, operation: str, message: str | None = None) -> None:
+        super().__init__(message or f"{operation} is not supported")
+        self.operation = operation
+
+    def data(self) -> dict[str, Any]:
+        return {"operation": self.operation}
+
+
+class Agent(SessionError):
+    code = "AGENT_ERROR"
+
+
+class FailedWithData(SessionError):
+    """A failure whose structured payload reaches the client unchanged as ``data.details``."""
+
+    code = "SESSION_ERROR"
+
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.details = details
+
+    def data(self) -> dict[str, Any]:
+        return {"details": self.details}
+
+
+class ProviderFailed(SessionError):
+    code = "PROVIDER_ERROR"
+
+    def __init__(self, message: str, data: dict[str, Any], retryable: bool) -> None:
+        super().__init__(message)
+        self._data = data
+        self.retryable = retryable
+
+    def data(self) -> dict[str, Any]:
+        return self._data
+
+
+class BudgetExhausted(SessionError):
+    code = "BUDGET_EXHAUSTED"
+
+    def __init__(self, budget: str, used: int, limit: int) -> None:
+        super().__init__(f"Budget {budget} exhausted: used {used} of {limit}")
+        self.budget, self.used, self.limit = budget, used, limit
+
+    def data(self) -> dict[str, Any]:
+        return {"budget": self.budget, "used": self.used, "limit": self.limit}
+
+
+class SessionControlError(WarrenError):
+    pass
+
+
+class InvalidRequest(SessionControlError):
+    """Params that parsed but make no sense; answered as ``-32602`` with ``data.errors``."""
+
+    code = "INVALID_PARAMS"
+
+    def __init__(self, message: str, errors: list[dict[str, str]] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.errors = errors if errors is not None else [{"path": "$", "message": message}]
+        self.extra = extra
+
+    @classmethod
+    def at(cls, path: str, message: str, **extra: Any) -> "InvalidRequest":
+        return cls(f"Invalid params: {message} (at {path})", [{"path": path, "message": message}], **extra)
+
+    def data(self) -> dict[str, Any]:
+        return {"errors": self.errors, **self.extra}
+
+
+class Conflict(SessionControlError):
+    code = "SESSION_SYSTEM_CONTEXT_CONFLICT"
+
+    def __init__(self, session_id: str, idempotency_key: str) -> None:
+        super().__init__(
+            f"idempotency_key {idempotency_key!r} was already used with different text in session "
+            f"{session_id!r}: use a new key for new text"
+        )
+        self.session_id = session_id
+        self.idempotency_key = idempotency_key
+
+    def data(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "idempotency_key": self.idempotency_key}
+
+
+def new_error_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def to_wire(exc: BaseException, error_id: str | None = None) -> ErrorObject:
+    """Map any exception to its JSON-RPC error. Unknown exceptions reveal nothing but an id."""
+    if isinstance(exc, WarrenError):
+        return error_object(exc.code, exc.message, retryable=exc.retryable, **exc.data())
+    return error_object(
+        "INTERNAL_ERROR",
+        f"Internal error {error_id}: the daemon's stderr log has the details under this error_id",
+        error_id=error_id or new_error_id(),
+    )

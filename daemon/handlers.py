@@ -1,0 +1,98 @@
+"""The feature handlers: one small function per method, from validated params to a result.
+
+Handlers hold no protocol logic (that is ``dispatch`` and ``server``) and no session logic
+(that is ``service``); they are the seam between the two, in the pygls style.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol import DEFAULT_MAX_LINE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
+from protocol import types as t
+from protocol.events import EVENT_TYPES, event_type_name
+
+from . import __version__, errors
+from .dispatch import Handler, RequestContext
+from .server import Connection
+from .service import SessionService
+
+
+class ClientState:
+    def __init__(self) -> None:
+        self.info: t.ClientInfo | None = None
+        self.capabilities = t.ClientCapabilities()
+
+
+def build_handlers(
+    service: SessionService, connection: Connection, client: ClientState, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> dict[str, Handler]:
+    async def initialize(p: t.InitializeParams, ctx: RequestContext) -> t.InitializeResult:
+        if p.protocol_version != PROTOCOL_VERSION:
+            raise errors.InvalidRequest.at(
+                "$.protocol_version", f"unsupported version {p.protocol_version}; this daemon speaks {PROTOCOL_VERSION}"
+            )
+        client.info = p.client_info
+        if p.capabilities is not None:
+            client.capabilities = p.capabilities
+        if p.client_info is not None:
+            ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
+        assert connection.dispatcher is not None
+        return t.InitializeResult(
+            protocol_version=PROTOCOL_VERSION,
+            server_info=t.ServerInfo("warren", __version__),
+            capabilities=t.ServerCapabilities(
+                methods=connection.dispatcher.methods,
+                events=[event_type_name(e) for e in EVENT_TYPES],
+                providers=service.providers.names(),
+            ),
+            limits=t.Limits(max_line_bytes=max_line_bytes, max_page_size=MAX_PAGE_SIZE),
+        )
+
+    async def shutdown(p: t.ShutdownParams, ctx: RequestContext) -> t.EmptyResult:
+        await service.interrupt_all()
+        await connection.settle_others(ctx.id)
+        return t.EmptyResult()
+
+    async def create(p: t.SessionCreateParams, ctx: RequestContext) -> Any:
+        result = await service.create(p)
+        ctx.session_id = result.session_id
+        return result
+
+    async def start(p: t.TurnStartParams, ctx: RequestContext) -> t.RunResult:
+        return await service.start_turn(p)
+
+    async def interrupt(p: t.TurnInterruptParams, ctx: RequestContext) -> t.InterruptResult:
+        return await service.interrupt(p)
+
+    async def read(p: t.SessionIdParams, ctx: RequestContext) -> t.SessionView:
+        return await service.read(p.session_id)
+
+    async def list_(p: t.SessionListParams, ctx: RequestContext) -> t.SessionListResult:
+        return await service.list(p)
+
+    async def history(p: t.SessionHistoryParams, ctx: RequestContext) -> t.SessionHistoryPage:
+        return await service.history(p)
+
+    async def archive(p: t.SessionIdParams, ctx: RequestContext) -> t.ArchiveResult:
+        return await service.archive(p.session_id)
+
+    async def append(p: t.AppendSystemContextParams, ctx: RequestContext) -> t.AppendSystemContextResult:
+        return await service.append_system_context(p)
+
+    async def stage(p: t.StageToolResultsParams, ctx: RequestContext) -> t.StageToolResultsResult:
+        return await service.stage_tool_results(p)
+
+    return {
+        "initialize": initialize,
+        "shutdown": shutdown,
+        "session/create": create,
+        "turn/start": start,
+        "turn/interrupt": interrupt,
+        "session/read": read,
+        "session/list": list_,
+        "session/history": history,
+        "session/archive": archive,
+        "session/append_system_context": append,
+        "session/stage_tool_results": stage,
+    }

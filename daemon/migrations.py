@@ -1,0 +1,143 @@
+"""Forward-only schema migrations, recorded in ``schema_version``.
+
+Each entry upgrades the schema by one version inside the caller's ``BEGIN IMMEDIATE``, so
+two daemons opening a fresh file at once cannot both migrate it. A database from a newer
+Warren is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import errors
+
+MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT,
+        system_prompt TEXT,
+        max_tokens INTEGER,
+        labels TEXT NOT NULL DEFAULT '{}',
+        archived INTEGER NOT NULL DEFAULT 0,
+        message_count INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        last_assistant_text TEXT,
+        budget TEXT,
+        provider_params TEXT,
+        provider_state TEXT NOT NULL DEFAULT '{}',
+        staged_prompt TEXT,
+        tools TEXT NOT NULL DEFAULT '[]',
+        next_seq INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX sessions_live_by_update ON sessions (updated_at_ms DESC, session_id DESC)
+        WHERE archived = 0;
+    CREATE INDEX sessions_by_update ON sessions (updated_at_ms DESC, session_id DESC);
+
+    CREATE TABLE session_labels (
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (session_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX session_labels_by_pair ON session_labels (key, value, session_id);
+
+    CREATE TABLE messages (
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        turn_id TEXT,
+        source TEXT,
+        PRIMARY KEY (session_id, idx)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE turns (
+        turn_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        status TEXT NOT NULL,
+        stop_reason TEXT,
+        owner TEXT,
+        started_at_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER,
+        usage TEXT,
+        error TEXT
+    );
+    CREATE UNIQUE INDEX turns_one_running ON turns (session_id) WHERE status = 'running';
+    CREATE INDEX turns_by_session ON turns (session_id, started_at_ms);
+
+    CREATE TABLE system_context_keys (
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        idempotency_key TEXT NOT NULL,
+        text TEXT NOT NULL,
+        PRIMARY KEY (session_id, idempotency_key)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE staged_system_context (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        text TEXT NOT NULL,
+        source TEXT,
+        idempotency_key TEXT,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX staged_system_context_by_session ON staged_system_context (session_id, id);
+
+    CREATE TABLE pending_tool_calls (
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        tool_use_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        arguments TEXT NOT NULL,
+        PRIMARY KEY (session_id, tool_use_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE staged_tool_results (
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        tool_use_id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        is_error INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (session_id, tool_use_id)
+    ) WITHOUT ROWID;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def migrate(db: Any) -> int:
+    """Bring the schema to ``SCHEMA_VERSION``; returns the version found before."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = await db.execute_fetchall("SELECT version FROM schema_version")
+        found = int(rows[0][0]) if rows else 0
+        if found > SCHEMA_VERSION:
+            raise errors.Store(
+                f"The database has schema version {found}, newer than this Warren's "
+                f"{SCHEMA_VERSION}: upgrade Warren or use another --db",
+                reason="newer_schema",
+                retryable=False,
+            )
+        for version in range(found, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    await db.execute(statement)
+        if not rows:
+            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif found != SCHEMA_VERSION:
+            await db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+    return found

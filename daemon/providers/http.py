@@ -1,0 +1,399 @@
+"""Plumbing shared by the HTTP providers: client, SSE stream, and failure → ProviderError.
+
+Every failure a real API can produce becomes one ``ProviderError`` whose ``kind`` and
+``retryable`` drive the turn loop's retry policy; nothing here retries (one HTTP attempt per
+``stream()`` call), so retries are uniform across providers and visible as events.
+
+Messages reach the client, so every text that came from outside (error bodies, exception
+texts) goes through a ``Redactor`` holding the provider's key and any credential-looking
+header values.
+
+Importing this module imports ``httpx``; the daemon imports it only when a real provider is
+first used.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from contextlib import aclosing, asynccontextmanager
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Mapping
+
+import httpx
+import msgspec
+from httpx_sse import EventSource, ServerSentEvent, SSEError
+
+from daemon import __version__
+from daemon.config import ProviderConfig
+from daemon.providers.base import ProviderError, RetryPolicy
+from protocol.types import Message, ToolResultBlock, ToolUseBlock
+
+if TYPE_CHECKING:
+    from daemon.providers.base import Provider
+
+#: How much of an error body we read; error JSON is small, an HTML error page need not be.
+ERROR_BODY_LIMIT = 64 * 1024
+_SENSITIVE_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie", "session")
+
+
+class Redactor:
+    """Replaces each known secret with ``[redacted]``. Longest first, so a key that contains
+    another secret is still removed whole."""
+
+    def __init__(self, secrets: Iterable[str | None]) -> None:
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+
+def secrets_of(config: ProviderConfig) -> list[str]:
+    """The key plus values of extra headers whose names look like credentials."""
+    out = [config.api_key] if config.api_key else []
+    for name, value in config.headers.items():
+        if any(word in name.lower() for word in _SENSITIVE_HEADER_WORDS):
+            out.append(value)
+            # "Bearer abc": the bare token can appear in an echo too.
+            out.extend(part for part in value.split() if len(part) >= 8)
+    return out
+
+
+def build_timeout(config: ProviderConfig) -> httpx.Timeout:
+    """``read`` bounds the silence between two chunks of a stream (not the whole call, which is
+    the turn loop's ``turn_timeout_s``). A server that stops accepting the request body is as
+    stuck as one that stops sending, so ``write`` uses the read timeout; waiting for a pooled
+    connection is like connecting, so ``pool`` uses the connect timeout."""
+    return httpx.Timeout(
+        connect=config.connect_timeout_s,
+        read=config.read_timeout_s,
+        write=config.read_timeout_s,
+        pool=config.connect_timeout_s,
+    )
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> int | None:
+    """Milliseconds to wait, from ``retry-after-ms`` (OpenAI, Anthropic) or ``retry-after``
+    (seconds, or an HTTP date). ``None`` when absent or unparseable."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = -1.0
+        if ms >= 0:
+            return int(ms)
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0, int(seconds * 1000))
+    return int(seconds * 1000) if seconds >= 0 else None
+
+
+def classify_error_type(error_type: str | None) -> tuple[str, bool] | None:
+    """Kind and retryability from a provider's own error type string, when it tells."""
+    t = (error_type or "").lower()
+    if not t:
+        return None
+    if "overloaded" in t:
+        return "overloaded", True
+    if t == "insufficient_quota":  # OpenAI's 429 for an exhausted plan: waiting won't help
+        return "rate_limited", False
+    if "rate_limit" in t:
+        return "rate_limited", True
+    if "authentication" in t or "permission" in t or "api_key" in t or "unauthorized" in t:
+        return "auth", False
+    if "timeout" in t:
+        return "timeout", True
+    if "invalid_request" in t or "not_found" in t or "too_large" in t or "context_length" in t:
+        return "bad_request", False
+    if "server_error" in t or t == "api_error":
+        return "server_error", True
+    return None
+
+
+def classify_status(status: int) -> tuple[str, bool]:
+    if status == 429:
+        return "rate_limited", True
+    if status == 529:
+        return "overloaded", True
+    if status == 408:
+        return "timeout", True
+    if status >= 500:
+        return "server_error", True
+    if status in (401, 403):
+        return "auth", False
+    return "bad_request", False
+
+
+def _error_fields(payload: Any) -> tuple[str | None, str | None]:
+    """(type, message) from the error shapes seen in the wild: Anthropic
+    ``{"type":"error","error":{"type","message"}}``, OpenAI ``{"error":{"message","type",
+    "code"}}``, Ollama ``{"error":"text"}``, FastAPI-based servers ``{"detail": …}``."""
+    if not isinstance(payload, dict):
+        return None, None
+    err = payload.get("error", payload)
+    if isinstance(err, str):
+        return None, err
+    if not isinstance(err, dict):
+        return None, None
+    etype = err.get("type")
+    code = err.get("code")
+    if not isinstance(etype, str) or not etype:
+        etype = code if isinstance(code, str) and code else None
+    message = err.get("message")
+    if message is None:
+        message = err.get("detail")
+    if message is not None and not isinstance(message, str):
+        message = msgspec.json.encode(message).decode()
+    return etype, message
+
+
+def error_from_response(
+    provider: str, status: int, headers: Mapping[str, str], body: bytes, redact: Redactor
+) -> ProviderError:
+    """A non-2xx answer. The provider's own error type refines the kind only where the status
+    is ambiguous (an ``overloaded_error`` sent with 500, say); auth and rate limits follow the
+    status. ``x-should-retry`` (sent by both OpenAI and Anthropic) overrides retryability."""
+    kind, retryable = classify_status(status)
+    try:
+        payload = msgspec.json.decode(body) if body else None
+    except msgspec.DecodeError:
+        payload = None
+    etype, emsg = _error_fields(payload)
+    if emsg is None and body and payload is None:
+        emsg = body[:300].decode("utf-8", "replace").strip()
+    refined = classify_error_type(etype)
+    if refined and (refined[0] == "overloaded" or (refined[0] == kind and not refined[1])):
+        kind, retryable = refined
+    should_retry = headers.get("x-should-retry", "").lower()
+    if should_retry in ("true", "false"):
+        retryable = should_retry == "true"
+    text = f"HTTP {status}"
+    if etype:
+        text += f" {etype}"
+    if emsg:
+        text += f": {emsg}"
+    return ProviderError(
+        provider,
+        kind,
+        redact(text),
+        retryable=retryable,
+        status=status,
+        retry_after_ms=parse_retry_after(headers),
+        error_type=etype,
+    )
+
+
+def error_from_payload(provider: str, payload: Any, redact: Redactor) -> ProviderError:
+    """An error object sent inside a 200 stream (Anthropic ``event: error``, OpenAI-compatible
+    ``data: {"error": …}``). Unknown types count as a retryable server error: the request was
+    accepted, so the failure happened on the server's side."""
+    etype, emsg = _error_fields(payload)
+    status: int | None = None
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("code"), int):
+        status = err["code"]  # OpenRouter puts the HTTP status here
+    refined = classify_error_type(etype)
+    if refined is None:
+        refined = classify_status(status) if status and status >= 400 else ("server_error", True)
+    kind, retryable = refined
+    text = "error in stream"
+    if etype:
+        text += f" {etype}"
+    if emsg:
+        text += f": {emsg}"
+    return ProviderError(provider, kind, redact(text), retryable=retryable, status=status, error_type=etype)
+
+
+def error_from_exception(provider: str, exc: Exception, redact: Redactor) -> ProviderError:
+    """Transport failures. Timeouts and dropped connections are retryable; a request we could
+    not even build (bad URL, unsupported scheme) is not."""
+    detail = redact(str(exc)) or exc.__class__.__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderError(provider, "timeout", f"{exc.__class__.__name__}: {detail}", retryable=True)
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError)):
+        return ProviderError(provider, "bad_request", f"{exc.__class__.__name__}: {detail}", retryable=False)
+    if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
+        return ProviderError(provider, "connection", f"{exc.__class__.__name__}: {detail}", retryable=True)
+    if isinstance(exc, SSEError):
+        return ProviderError(provider, "protocol", detail, retryable=False)
+    return ProviderError(provider, "connection", f"{exc.__class__.__name__}: {detail}", retryable=True)
+
+
+def protocol_error(provider: str, message: str, redact: Redactor, *, retryable: bool = True) -> ProviderError:
+    return ProviderError(provider, "protocol", redact(message), retryable=retryable)
+
+
+def decode_event_json(provider: str, data: str, redact: Redactor) -> dict[str, Any]:
+    """One SSE ``data`` payload as a JSON object. A garbled line is treated as a transmission
+    fault (retryable ``protocol``): the next attempt will most likely be clean."""
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        raise protocol_error(provider, f"invalid JSON in SSE data line: {data[:200]!r}", redact) from None
+    if not isinstance(value, dict):
+        raise protocol_error(provider, f"SSE data is not a JSON object: {data[:200]!r}", redact)
+    return value
+
+
+def incomplete_stream(provider: str, what: str) -> ProviderError:
+    return ProviderError(provider, "connection", f"stream ended before {what}", retryable=True)
+
+
+class HTTPProvider:
+    """Base of the HTTP providers: config, one lazily created ``httpx.AsyncClient``, and
+    ``_open_sse`` which makes the single HTTP attempt of a model call.
+
+    The client is created on first use, not in ``__init__``, so constructing a provider (for
+    ``initialize``'s provider list, say) costs nothing and does not need a running loop.
+    """
+
+    def __init__(self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.retry_policy = RetryPolicy(max_retries=config.max_retries)
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._redact = Redactor(secrets_of(config))
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(name={self.name!r}, base_url={self.config.base_url!r})"
+
+    def _http_client(self) -> httpx.AsyncClient:
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                timeout=build_timeout(self.config),
+                transport=self._transport,
+                follow_redirects=False,
+                headers={"user-agent": f"warren/{__version__}"},
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=60),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _missing_key_error(self, env_hint: str) -> ProviderError:
+        where = self.config.api_key_env or env_hint
+        return ProviderError(
+            self.name,
+            "auth",
+            f"no API key for provider {self.name!r}: set {where} or api_key in the config file",
+            retryable=False,
+        )
+
+    @asynccontextmanager
+    async def _open_sse(
+        self, url: str, headers: dict[str, str], body: dict[str, Any]
+    ) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+        """POST ``body`` and yield the response's SSE events.
+
+        Raises ``ProviderError`` for a non-2xx status, a non-SSE body, and any transport
+        failure, whether while connecting or mid-stream. Leaving the ``async with`` (including
+        by ``GeneratorExit`` when the caller's generator is closed on interrupt) closes the
+        response, which drops the unfinished connection at once.
+        """
+        try:
+            content = msgspec.json.encode(body)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ProviderError(self.name, "bad_request", f"request is not JSON-encodable: {exc}", retryable=False) from None
+        all_headers = {
+            **self.config.headers,
+            **headers,
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+        }
+        client = self._http_client()
+        try:
+            async with client.stream("POST", url, content=content, headers=all_headers) as response:
+                if response.status_code >= 300:
+                    body_bytes = await _read_limited(response)
+                    raise error_from_response(self.name, response.status_code, response.headers, body_bytes, self._redact)
+                ctype = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+                if ctype != "text/event-stream":
+                    raise await self._not_a_stream(response, ctype)
+                async with aclosing(EventSource(response).aiter_sse()) as events:
+                    yield events
+        except httpx.HTTPError as exc:
+            raise error_from_exception(self.name, exc, self._redact) from None
+
+    async def _not_a_stream(self, response: httpx.Response, ctype: str) -> ProviderError:
+        """Some compatible servers answer 200 with a JSON error instead of a stream."""
+        body = await _read_limited(response)
+        try:
+            payload = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            payload = None
+        if isinstance(payload, dict) and "error" in payload:
+            return error_from_payload(self.name, payload, self._redact)
+        return protocol_error(
+            self.name, f"expected an SSE stream (text/event-stream), got {ctype or 'no content type'!s}",
+            self._redact, retryable=False,
+        )
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= ERROR_BODY_LIMIT:
+            break
+    return b"".join(chunks)[:ERROR_BODY_LIMIT]
+
+
+MISSING_TOOL_RESULT = "No result was recorded for this tool call."
+
+
+def with_missing_tool_results(messages: list[Message]) -> list[Message]:
+    """History with an error result added for every tool call that never got one.
+
+    Both APIs reject a history where a tool call has no result, which would make a session
+    whose turn was cut short between the call and its result unusable for good. The
+    synthetic result is a ``tool`` message placed right after the calling message.
+    """
+    answered = {
+        block.tool_use_id
+        for message in messages
+        for block in message.content
+        if isinstance(block, ToolResultBlock)
+    }
+    out: list[Message] = []
+    for message in messages:
+        out.append(message)
+        if message.role != "assistant":
+            continue
+        missing = [
+            ToolResultBlock(block.id, MISSING_TOOL_RESULT, True)
+            for block in message.content
+            if isinstance(block, ToolUseBlock) and block.id not in answered
+        ]
+        if missing:
+            out.append(Message(message.index, "tool", list(missing), message.created_at_ms, message.turn_id))
+    return out
+
+
+def build_provider(config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> "Provider":
+    """The provider object for a config entry (imports only the adapter it needs)."""
+    if config.type == "anthropic":
+        from daemon.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(config, transport=transport)
+    from daemon.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(config, transport=transport)

@@ -1,0 +1,411 @@
+"""The session service: every method's semantics, over the store and the turn loop.
+
+One running turn per session is enforced by the database itself (a partial unique index on
+``turns(session_id) WHERE status = 'running'``), so it holds across daemons sharing a file.
+A running row whose owner process is dead is closed as interrupted when found: at start-up
+for every session, and at any later claim for that session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import structlog
+
+from protocol.types import (
+    AppendSystemContextParams,
+    AppendSystemContextResult,
+    ArchiveResult,
+    Billing,
+    DeferredCreateResult,
+    InterruptResult,
+    Message,
+    RunResult,
+    SessionCreateParams,
+    SessionHistoryPage,
+    SessionHistoryParams,
+    SessionInfo,
+    SessionListParams,
+    SessionListResult,
+    SessionSummary,
+    SessionView,
+    StageToolResultsParams,
+    StageToolResultsResult,
+    TextBlock,
+    ToolResultBlock,
+    TurnInterruptParams,
+    TurnStartParams,
+)
+
+from . import errors, tables
+from .clock import new_id, now_ms
+from .events import RESERVATION, EventSink
+from .providers import ProviderRegistry
+from .store import Store
+from .turns import Turn, TurnSetup
+
+log = structlog.get_logger("warren.service")
+
+
+class SessionService:
+    def __init__(self, store: Store, providers: ProviderRegistry, sink: EventSink) -> None:
+        self.store = store
+        self.providers = providers
+        self.sink = sink
+        self.turns: dict[str, Turn] = {}  # session_id -> the turn this process runs
+        self._claimed: set[str] = set()  # turn ids this process has claimed, running or about to
+        self.accepting = True
+
+    # ------------------------------------------------------------------ start-up
+
+    async def recover(self) -> int:
+        """Close the turns that died with their process; returns how many."""
+
+        async def unit(db: Any) -> int:
+            closed = 0
+            for turn_id, session_id, owner in await tables.running_turns(db):
+                if not self._owner_alive(owner, turn_id):
+                    await self._close_dead_turn(db, turn_id, session_id)
+                    closed += 1
+            return closed
+
+        closed = await self.store.write(unit)
+        if closed:
+            log.info("recovered_dead_turns", count=closed)
+        return closed
+
+    def _owner_alive(self, owner: str | None, turn_id: str) -> bool:
+        if owner == self.store.owner.owner_id:
+            return turn_id in self._claimed
+        return self.store.owner.is_alive(owner)
+
+    async def _close_dead_turn(self, db: Any, turn_id: str, session_id: str) -> None:
+        await tables.end_turn(db, turn_id, status="interrupted", stop_reason="interrupted", usage=None, now_ms=now_ms())
+        log.info("closed_dead_turn", session_id=session_id, turn_id=turn_id)
+
+    # ------------------------------------------------------------------ turns
+
+    async def create(self, p: SessionCreateParams) -> RunResult | DeferredCreateResult:
+        defer = p.initial_turn == "defer"
+        if not defer and p.prompt is None:
+            raise errors.InvalidRequest.at("$.prompt", 'required unless initial_turn is "defer"')
+        self._check_tools(p)
+        provider = self.providers.resolve(p.provider)
+        self.providers.check_params(provider, p.provider_params, "$.provider_params")
+        now = now_ms()
+        row = tables.SessionRow(
+            session_id=new_id(),
+            created_at_ms=now,
+            updated_at_ms=now,
+            provider=provider,
+            model=p.model,
+            system_prompt=p.system_prompt,
+            max_tokens=p.max_tokens,
+            labels=dict(p.labels),
+            archived=False,
+            message_count=0,
+            usage=tables.usage_of(0, 0, 0, 0),
+            last_assistant_text=None,
+            budget=p.budget,
+            provider_params=p.provider_params,
+            provider_state={},
+            staged_prompt=p.prompt if defer and p.deferred_prompt_policy == "stage" and p.prompt else None,
+            tools=list(p.tools),
+            next_seq=1,
+            running_turn_id=None,
+            running_owner=None,
+        )
+        if defer:
+            self._check_accepting()
+            await self.store.write(lambda db: tables.insert_session(db, row))
+            log.info("session_created", session_id=row.session_id, provider=provider, deferred=True)
+            return DeferredCreateResult(row.session_id, row.created_at_ms)
+        log.info("session_created", session_id=row.session_id, provider=provider, deferred=False)
+        return await self._run_turn(row.session_id, p.prompt or "", new_session=row)
+
+    @staticmethod
+    def _check_tools(p: SessionCreateParams) -> None:
+        seen: set[str] = set()
+        for i, tool in enumerate(p.tools):
+            if tool.name in seen:
+                raise errors.InvalidRequest.at(f"$.tools[{i}].name", f"duplicate tool name {tool.name!r}")
+            seen.add(tool.name)
+            if tool.input_schema.get("type", "object") != "object":
+                raise errors.InvalidRequest.at(f"$.tools[{i}].input_schema.type", 'must be "object"')
+
+    async def start_turn(self, p: TurnStartParams) -> RunResult:
+        if p.provider_params is not None:
+            row = await self._live_session(p.session_id)
+            self.providers.check_params(row.provider, p.provider_params, "$.provider_params")
+        return await self._run_turn(
+            p.session_id,
+            p.prompt,
+            system_prompt=p.system_prompt,
+            model=p.model,
+            max_tokens=p.max_tokens,
+            provider_params=p.provider_params,
+        )
+
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise errors.Agent("The daemon is shutting down and accepts no new turns")
+
+    async def _run_turn(
+        self,
+        session_id: str,
+        prompt: str,
+        *,
+        new_session: tables.SessionRow | None = None,
+        system_prompt: str | None = None,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        provider_params: dict[str, Any] | None = None,
+    ) -> RunResult:
+        self._check_accepting()
+        turn_id = new_id()
+
+        async def claim(db: Any) -> tuple[tables.SessionRow, list[Message], list[tuple[str, str | None, str | None]]]:
+            if new_session is not None:
+                await tables.insert_session(db, new_session)
+            row = await tables.get_session(db, session_id)
+            if row is None or row.archived:
+                raise errors.NotFound(session_id)
+            if row.running_turn_id is not None:
+                if self._owner_alive(row.running_owner, row.running_turn_id):
+                    raise errors.Busy(session_id, row.running_turn_id)
+                await self._close_dead_turn(db, row.running_turn_id, session_id)
+            if system_prompt is not None and row.message_count > 0:
+                raise errors.InvalidRequest.at("$.system_prompt", "only allowed while the session has no messages")
+            now = now_ms()
+            index = row.message_count
+            new: list[Message] = []
+            pending = await tables.pending_tool_calls(db, session_id)
+            if pending:
+                staged = await tables.staged_tool_results(db, session_id)
+                missing = [c for c in pending if c.tool_use_id not in staged]
+                if missing:
+                    raise errors.FailedWithData(
+                        f"{len(missing)} tool call(s) still need results: stage them with "
+                        "session/stage_tool_results before starting a turn",
+                        {
+                            "reason": "tool_results_pending",
+                            "pending_tool_calls": [
+                                {"tool_use_id": c.tool_use_id, "name": c.name, "arguments": c.arguments}
+                                for c in missing
+                            ],
+                        },
+                    )
+                blocks = [ToolResultBlock(c.tool_use_id, *staged[c.tool_use_id]) for c in pending]
+                new.append(Message(index, "tool", list(blocks), now, turn_id))
+                await tables.clear_tool_state(db, session_id)
+            applied = await tables.take_staged_system_context(db, session_id)
+            for text, source, _key in applied:
+                new.append(Message(index + len(new), "system", [TextBlock(text)], now, turn_id, source))
+            text = "\n\n".join(t for t in (row.staged_prompt, prompt) if t)
+            if text:
+                new.append(Message(index + len(new), "user", [TextBlock(text)], now, turn_id))
+            if not any(m.role in ("user", "tool") for m in new):
+                raise errors.InvalidRequest.at("$.prompt", "must not be empty")
+            await tables.append_messages(db, session_id, new)
+            await tables.insert_turn(db, turn_id, session_id, self.store.owner.owner_id, now)
+            self._claimed.add(turn_id)
+            fields: dict[str, Any] = {
+                "message_count": index + len(new),
+                "updated_at_ms": now,
+                "staged_prompt": None,
+                "next_seq": row.next_seq + RESERVATION,
+            }
+            if system_prompt is not None:
+                fields["system_prompt"] = row.system_prompt = system_prompt
+            if model is not None:
+                fields["model"] = row.model = model
+            if max_tokens is not None:
+                fields["max_tokens"] = row.max_tokens = max_tokens
+            if provider_params is not None:
+                fields["provider_params"] = row.provider_params = provider_params
+                fields["provider_state"] = row.provider_state = {}
+            await tables.update_session(db, session_id, **fields)
+            return row, new, applied
+
+        try:
+            row, new, applied = await self.store.write(claim)
+        except BaseException:
+            self._claimed.discard(turn_id)
+            raise
+        setup = TurnSetup(
+            session_id=session_id,
+            turn_id=turn_id,
+            provider=row.provider,
+            model=row.model,
+            system=row.system_prompt,
+            max_tokens=row.max_tokens,
+            tools=row.tools,
+            provider_params=row.provider_params or {},
+            provider_state=row.provider_state,
+            message_count=row.message_count + len(new),
+            next_seq=row.next_seq,
+            seq_reserved=row.next_seq + RESERVATION,
+            applied_context=applied,
+        )
+        turn = self.turns[session_id] = Turn(setup, self.providers, self.store, self.sink)
+        if not self.accepting:
+            turn.scope.cancel()  # claimed while shutdown began: interrupt it like the others
+        log.info("turn_started", session_id=session_id, turn_id=turn_id, provider=row.provider)
+        try:
+            result = await turn.run()
+        finally:
+            self.turns.pop(session_id, None)
+            self._claimed.discard(turn_id)
+        log.info("turn_ended", session_id=session_id, turn_id=turn_id, stop_reason=result.stop_reason)
+        return result
+
+    async def interrupt(self, p: TurnInterruptParams) -> InterruptResult:
+        turn = self.turns.get(p.session_id)
+        if turn is None:
+            row = await self._live_session(p.session_id)
+            if row.running_turn_id is not None and self._owner_alive(row.running_owner, row.running_turn_id):
+                if row.running_owner != self.store.owner.owner_id:
+                    raise errors.Unsupported(
+                        "turn/interrupt",
+                        f"Turn {row.running_turn_id!r} runs in another Warren process; interrupt it there",
+                    )
+            raise errors.NotRunning(p.session_id)
+        if p.turn_id is not None and p.turn_id != turn.turn_id:
+            raise errors.NotRunning(
+                p.session_id, f"Turn {p.turn_id!r} is not running; the running turn is {turn.turn_id!r}"
+            )
+        turn.scope.cancel()
+        with anyio.move_on_after(10):
+            await turn.done.wait()
+        return InterruptResult(p.session_id, turn.turn_id)
+
+    async def interrupt_all(self) -> None:
+        """Shutdown: interrupt every running turn and wait until each has committed."""
+        self.accepting = False
+        turns = list(self.turns.values())
+        for turn in turns:
+            turn.scope.cancel()
+        for turn in turns:
+            await turn.done.wait()
+
+    # ------------------------------------------------------------------ reads
+
+    async def _live_session(self, session_id: str) -> tables.SessionRow:
+        row = await self.store.read(lambda db: tables.get_session(db, session_id))
+        if row is None or row.archived:
+            raise errors.NotFound(session_id)
+        return row
+
+    async def read(self, session_id: str) -> SessionView:
+        row = await self._live_session(session_id)
+        info = SessionInfo(
+            session_id=row.session_id,
+            created_at_ms=row.created_at_ms,
+            updated_at_ms=row.updated_at_ms,
+            message_count=row.message_count,
+            is_active=row.running_turn_id is not None,
+            model=row.model,
+            provider=row.provider,
+            last_assistant_text=row.last_assistant_text,
+            labels=row.labels,
+        )
+        return SessionView(info, Billing(row.usage.total_tokens, row.usage))
+
+    async def list(self, p: SessionListParams) -> SessionListResult:
+        rows, has_more = await self.store.read(
+            lambda db: tables.list_sessions(
+                db, limit=p.limit, offset=p.offset, labels=p.labels, include_archived=p.include_archived
+            )
+        )
+        return SessionListResult(
+            [
+                SessionSummary(r[0], r[1], r[2], r[3], r[4], bool(r[7]), tables.decode_labels(r[5]), bool(r[6]))
+                for r in rows
+            ],
+            has_more,
+        )
+
+    async def history(self, p: SessionHistoryParams) -> SessionHistoryPage:
+        page = await self.store.read(lambda db: tables.history_page(db, p.session_id, p.offset, p.limit))
+        if page is None:
+            raise errors.NotFound(p.session_id)
+        count, messages = page
+        return SessionHistoryPage(
+            session_id=p.session_id,
+            message_count=count,
+            offset=p.offset,
+            limit=p.limit,
+            has_more=p.offset + len(messages) < count,
+            messages=messages,
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    async def archive(self, session_id: str) -> ArchiveResult:
+        async def unit(db: Any) -> None:
+            row = await tables.get_session(db, session_id)
+            if row is None:
+                raise errors.NotFound(session_id)
+            if row.running_turn_id is not None and self._owner_alive(row.running_owner, row.running_turn_id):
+                raise errors.Busy(
+                    session_id,
+                    row.running_turn_id,
+                    f"Session {session_id!r} is running turn {row.running_turn_id!r}: interrupt it before archiving",
+                )
+            if not row.archived:
+                await tables.update_session(db, session_id, archived=1)
+
+        await self.store.write(unit)
+        return ArchiveResult(session_id)
+
+    async def append_system_context(self, p: AppendSystemContextParams) -> AppendSystemContextResult:
+        async def unit(db: Any) -> str:
+            row = await tables.get_session(db, p.session_id)
+            if row is None or row.archived:
+                raise errors.NotFound(p.session_id)
+            if p.idempotency_key is not None:
+                seen = await tables.system_context_key(db, p.session_id, p.idempotency_key)
+                if seen is not None:
+                    if seen == p.text:
+                        return "duplicate"
+                    raise errors.Conflict(p.session_id, p.idempotency_key)
+                await tables.remember_system_context_key(db, p.session_id, p.idempotency_key, p.text)
+            now = now_ms()
+            if row.running_turn_id is not None and self._owner_alive(row.running_owner, row.running_turn_id):
+                await tables.stage_system_context(db, p.session_id, p.text, p.source, p.idempotency_key, now)
+                return "staged"
+            message = Message(row.message_count, "system", [TextBlock(p.text)], now, None, p.source)
+            await tables.append_messages(db, p.session_id, [message])
+            await tables.update_session(db, p.session_id, message_count=row.message_count + 1, updated_at_ms=now)
+            return "applied"
+
+        status = await self.store.write(unit)
+        return AppendSystemContextResult(status)  # type: ignore[arg-type]
+
+    async def stage_tool_results(self, p: StageToolResultsParams) -> StageToolResultsResult:
+        async def unit(db: Any) -> int:
+            row = await tables.get_session(db, p.session_id)
+            if row is None or row.archived:
+                raise errors.NotFound(p.session_id)
+            pending = {c.tool_use_id for c in await tables.pending_tool_calls(db, p.session_id)}
+            staged = await tables.staged_tool_results(db, p.session_id)
+            problems = []
+            seen: set[str] = set()
+            for i, r in enumerate(p.results):
+                path = f"$.results[{i}].tool_use_id"
+                if r.tool_use_id in seen:
+                    problems.append({"path": path, "message": f"{r.tool_use_id!r} appears twice"})
+                elif r.tool_use_id in staged:
+                    problems.append({"path": path, "message": f"{r.tool_use_id!r} already has a result"})
+                elif r.tool_use_id not in pending:
+                    problems.append({"path": path, "message": f"{r.tool_use_id!r} is not a pending tool call"})
+                seen.add(r.tool_use_id)
+            if problems:
+                raise errors.InvalidRequest("Invalid params: " + problems[0]["message"], problems)
+            await tables.stage_tool_results(
+                db, p.session_id, [(r.tool_use_id, r.content, r.is_error) for r in p.results], now_ms()
+            )
+            return len(p.results)
+
+        return StageToolResultsResult(await self.store.write(unit))

@@ -1,0 +1,161 @@
+"""The daemon's two file descriptors: a chunk reader for stdin and the single stdout writer.
+
+Neither uses a thread or asyncio's ``StreamReader`` (whose 64 KiB line limit and buffering
+we do not want). Pipes and sockets are polled; a regular file or ``/dev/null`` cannot be,
+and is read directly, which never blocks for long.
+
+The protocol descriptor is put in non-blocking mode only when it is a pipe or a socket:
+those belong to the client that spawned us, whereas flipping a terminal to non-blocking
+would leak into the user's shell.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import stat
+import sys
+from typing import AsyncIterator, Callable
+
+import anyio
+import anyio.lowlevel
+
+READ_SIZE = 1 << 16
+WRITE_BATCH = 1 << 18
+
+
+def protect_stdout() -> int:
+    """Keep the real stdout for protocol lines and point fd 1 at stderr.
+
+    After this, a stray ``print`` or a chatty library writes to stderr and can never
+    corrupt the protocol stream.
+    """
+    sys.stdout.flush()
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    return proto_fd
+
+
+def _is_pipe_or_socket(fd: int) -> bool:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def read_chunks(fd: int) -> AsyncIterator[bytes]:
+    """Yield what arrives on ``fd`` until end of file."""
+    pollable = True
+    while True:
+        if pollable:
+            try:
+                await anyio.wait_readable(fd)
+            except (OSError, ValueError, NotImplementedError):
+                pollable = False
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EIO, errno.ECONNRESET):
+                return
+            raise
+        if not data:
+            return
+        yield data
+        if not pollable:
+            await anyio.lowlevel.checkpoint()
+
+
+class Writer:
+    """The only code that writes protocol lines. Producers ``send`` whole lines; one task
+    writes them in order, batching whatever has queued up into one ``write``.
+
+    ``send`` waits while ``max_pending`` lines are queued: a client that stops reading
+    slows producers down instead of growing memory. If the client is gone (EPIPE), the
+    lines are dropped and ``on_broken`` is called once so the daemon can shut down.
+    """
+
+    def __init__(self, fd: int, *, max_pending: int = 4096, on_broken: Callable[[], None] | None = None) -> None:
+        self.fd = fd
+        self.max_pending = max_pending
+        self.on_broken = on_broken
+        self.broken = False
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._closed = False
+        self._wake: anyio.Event | None = None
+        self._space: anyio.Event | None = None
+        self._drained = anyio.Event()
+        self._nonblocking = _is_pipe_or_socket(fd)
+        if self._nonblocking:
+            os.set_blocking(fd, False)
+
+    async def send(self, line: bytes) -> None:
+        while len(self._queue) >= self.max_pending and not self.broken:
+            if self._space is None:
+                self._space = anyio.Event()
+            await self._space.wait()
+        if self.broken or self._closed:
+            return
+        self._queue.append(line)
+        if self._wake is not None:
+            self._wake.set()
+
+    def close(self) -> None:
+        """No more lines will be sent; ``run`` returns once the queue is written."""
+        self._closed = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def wait_drained(self) -> None:
+        await self._drained.wait()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closed or self.broken:
+                        return
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    self._wake = None
+                    continue
+                parts: list[bytes] = []
+                size = 0
+                while self._queue and size < WRITE_BATCH:
+                    part = self._queue.popleft()
+                    parts.append(part)
+                    size += len(part)
+                if self._space is not None:
+                    self._space.set()
+                    self._space = None
+                await self._write_all(b"".join(parts))
+        finally:
+            self._drained.set()
+
+    async def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self.broken:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                await anyio.wait_writable(self.fd)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.EIO):
+                    self._mark_broken()
+                    return
+                raise
+            view = view[n:]
+        if self._nonblocking:
+            await anyio.lowlevel.checkpoint()
+
+    def _mark_broken(self) -> None:
+        self.broken = True
+        self._queue.clear()
+        if self._space is not None:
+            self._space.set()
+        if self.on_broken is not None:
+            self.on_broken()

@@ -1,0 +1,325 @@
+"""SQLite through aiosqlite: one writer task, group commit, shielded units of work.
+
+Why a writer task rather than a lock: with ``synchronous=FULL`` every commit is an fsync,
+so units that arrive together (two sessions' turns committing at once) share one
+transaction, each inside its own savepoint so that one unit's failure rolls back only that
+unit. Callers wait for their unit's outcome inside a shield: a cancelled request can stop
+waiting only after the unit has committed or rolled back, so nothing is left half-open and
+the caller never has to guess whether its write happened.
+
+Reads use a second connection (WAL lets it read while the writer writes). An ``--ephemeral``
+store is one in-memory connection, so its reads queue behind writes instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sqlite3
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import anyio
+import structlog
+
+from . import errors
+from .migrations import migrate
+
+log = structlog.get_logger("warren.store")
+
+T = TypeVar("T")
+Unit = Callable[[Any], Awaitable[T]]  # receives an aiosqlite.Connection
+
+MAX_BATCH = 64
+
+_REASONS = {
+    sqlite3.SQLITE_BUSY: ("locked", True, "The database is locked by another process; retry shortly"),
+    sqlite3.SQLITE_LOCKED: ("locked", True, "The database is locked; retry shortly"),
+    sqlite3.SQLITE_READONLY: ("read_only", False, "The database is read-only: check the file's permissions and its file system"),
+    sqlite3.SQLITE_FULL: ("full", False, "The disk is full: free some space, then retry"),
+    sqlite3.SQLITE_IOERR: ("io", True, "The database had an I/O error"),
+    sqlite3.SQLITE_CORRUPT: ("corrupt", False, "The database file is corrupt: restore it from a backup or move it aside"),
+    sqlite3.SQLITE_NOTADB: ("corrupt", False, "The file is not a Warren database: move it aside or pass another --db"),
+    sqlite3.SQLITE_CANTOPEN: ("cant_open", False, "The database file cannot be opened: check the path and permissions"),
+    sqlite3.SQLITE_PERM: ("permission", False, "Permission denied on the database"),
+}
+
+
+def store_error(exc: BaseException) -> errors.Store:
+    """Translate a sqlite3 or OS error into the service's ``Store`` error."""
+    if isinstance(exc, errors.Store):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        reason, retryable, message = _REASONS.get(code & 0xFF, ("error", False, "The database failed"))
+        return errors.Store(f"{message} ({getattr(exc, 'sqlite_errorname', code)})", reason=reason, retryable=retryable)
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return errors.Store("The disk is full: free some space, then retry", reason="full", retryable=False)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return errors.Store(f"Cannot write the database: {exc.strerror}", reason="read_only", retryable=False)
+        return errors.Store(f"The database failed: {exc.strerror}", reason="io", retryable=True)
+    return errors.Store("The database failed", reason="error", retryable=False)
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (sqlite3.Error, OSError))
+
+
+@dataclass
+class _Job:
+    fn: Unit[Any]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+def default_db_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "warren" / "warren.db"
+
+
+class OwnerLock:
+    """Proves this process is alive to other daemons sharing the database file.
+
+    Each daemon holds an exclusive ``flock`` on its own file in ``<db>.owners/``. A turn row
+    records its owner's id; another daemon finding that row ``running`` tries the owner's
+    lock: if it can take it, the owner is dead and the turn can be closed. Unlike a pid,
+    this survives pid reuse and works on every POSIX system.
+    """
+
+    def __init__(self, db_path: Path | None) -> None:
+        self.owner_id = uuid.uuid4().hex
+        self._dir = None if db_path is None else db_path.with_name(db_path.name + ".owners")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._dir is None:
+            return
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(self._dir / self.owner_id, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None and self._dir is not None:
+            try:
+                os.unlink(self._dir / self.owner_id)
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+
+    def is_alive(self, owner_id: str | None) -> bool:
+        if owner_id is None:
+            return False
+        if owner_id == self.owner_id:
+            return True
+        if self._dir is None:
+            return False
+        path = self._dir / owner_id
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return False
+
+
+class Store:
+    """The database. ``write`` and ``read`` run units of work; everything else is plumbing."""
+
+    def __init__(self, path: Path | None, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self.owner = OwnerLock(path)
+        self._writer: Any = None
+        self._reader: Any = None
+        self._send: Any = None
+        self._receive: Any = None
+        self._opened = anyio.Event()
+        self._open_error: errors.Store | None = None
+        self._open_lock = anyio.Lock()
+
+    @property
+    def ephemeral(self) -> bool:
+        return self.path is None
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open the database and serve units until cancelled; the writer task itself."""
+        self._send, self._receive = anyio.create_memory_object_stream[_Job](1024)
+        task_status.started()
+        await self._try_open()
+        try:
+            await self._serve_writes()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close_connections()
+
+    async def _try_open(self) -> None:
+        async with self._open_lock:
+            if self._writer is not None:
+                return
+            try:
+                await self._open()
+                self._open_error = None
+            except Exception as exc:  # noqa: BLE001 - every open failure is a store error
+                await self._close_connections()
+                self._open_error = store_error(exc) if _is_store_failure(exc) else errors.Store(
+                    f"Cannot open the database: {exc}", reason="error", retryable=False
+                )
+                log.error("store_open_failed", path=str(self.path), reason=self._open_error.reason,
+                          error=self._open_error.message)
+            finally:
+                self._opened.set()
+
+    async def _open(self) -> None:
+        import aiosqlite  # deferred: not needed to answer `initialize`
+
+        if self.path is None:
+            self._writer = await aiosqlite.connect(":memory:", isolation_level=None)
+            await self._configure(self._writer, wal=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            self._writer = await aiosqlite.connect(str(self.path), isolation_level=None)
+            await self._configure(self._writer, wal=True)
+            self._reader = await aiosqlite.connect(str(self.path), isolation_level=None)
+            await self._configure(self._reader, wal=False)
+            self.owner.acquire()
+        await migrate(self._writer)
+
+    async def _configure(self, conn: Any, *, wal: bool) -> None:
+        await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        if wal:
+            row = await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+            if row and str(row[0][0]).lower() != "wal":
+                log.warning("store_not_wal", journal_mode=row[0][0])
+        await conn.execute("PRAGMA synchronous = FULL")
+
+    async def _close_connections(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                try:
+                    await conn.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+        self._reader = self._writer = None
+        self.owner.release()
+
+    async def _ready(self) -> None:
+        await self._opened.wait()
+        if self._writer is None:
+            await self._try_open()
+            if self._writer is None:
+                assert self._open_error is not None
+                raise self._open_error
+
+    async def write(self, fn: Unit[T]) -> T:
+        """Run ``fn`` in a write transaction and return its result or raise its error.
+
+        Shielded: once submitted, the unit's outcome is awaited even if the caller is
+        cancelled; the cancellation takes effect at the caller's next checkpoint.
+        """
+        with anyio.CancelScope(shield=True):
+            await self._ready()
+            job = _Job(fn)
+            await self._send.send(job)
+            await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
+
+    async def read(self, fn: Unit[T]) -> T:
+        """Run a read-only unit on the read connection (or queued, for an ephemeral store)."""
+        await self._ready()
+        if self._reader is None:
+            return await self.write(fn)
+        try:
+            return await fn(self._reader)
+        except errors.WarrenError:
+            raise
+        except Exception as exc:
+            if _is_store_failure(exc):
+                raise store_error(exc) from exc
+            raise
+
+    async def _serve_writes(self) -> None:
+        async with self._receive:
+            async for job in self._receive:
+                batch = [job]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                with anyio.CancelScope(shield=True):
+                    await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        db = self._writer
+        try:
+            if db is None:
+                await self._ready()
+                db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(batch, exc)
+            return
+        try:
+            if len(batch) == 1:
+                job = batch[0]
+                try:
+                    job.result = await job.fn(db)
+                except Exception as exc:  # noqa: BLE001
+                    if _is_store_failure(exc):
+                        raise
+                    job.error = exc
+                    await db.execute("ROLLBACK")
+                    return
+            else:
+                for job in batch:
+                    await db.execute("SAVEPOINT unit")
+                    try:
+                        job.result = await job.fn(db)
+                    except Exception as exc:  # noqa: BLE001
+                        if _is_store_failure(exc):
+                            raise
+                        job.error = exc
+                        await db.execute("ROLLBACK TO unit")
+                    await db.execute("RELEASE unit")
+            await db.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001
+            try:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001
+                pass
+            self._fail(batch, exc)
+            return
+        finally:
+            for job in batch:
+                job.done.set()
+
+    def _fail(self, batch: list[_Job], exc: BaseException) -> None:
+        err = store_error(exc) if _is_store_failure(exc) else exc
+        if isinstance(err, errors.Store):
+            log.warning("store_write_failed", reason=err.reason, error=err.message, units=len(batch))
+        for job in batch:
+            job.error = err
+            job.result = None
+            job.done.set()

@@ -1,0 +1,323 @@
+"""The SQL of each session operation, as functions over an open connection.
+
+Every function runs inside a unit of work given to ``Store.write`` or ``Store.read``; none
+opens or commits a transaction. Reads that feed one response are single statements, so
+they see one snapshot even on the autocommit read connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from protocol.types import Block, Budget, Message, ToolCall, ToolDef, Usage
+
+_enc = msgspec.json.Encoder()
+_blocks = msgspec.json.Decoder(list[Block])
+_tools = msgspec.json.Decoder(list[ToolDef])
+_labels = msgspec.json.Decoder(dict[str, str])
+_any = msgspec.json.Decoder()
+
+
+def dumps(value: Any) -> str:
+    return _enc.encode(value).decode()
+
+
+@dataclass(slots=True)
+class SessionRow:
+    session_id: str
+    created_at_ms: int
+    updated_at_ms: int
+    provider: str
+    model: str | None
+    system_prompt: str | None
+    max_tokens: int | None
+    labels: dict[str, str]
+    archived: bool
+    message_count: int
+    usage: Usage
+    last_assistant_text: str | None
+    budget: Budget | None
+    provider_params: dict[str, Any] | None
+    provider_state: dict[str, Any]
+    staged_prompt: str | None
+    tools: list[ToolDef]
+    next_seq: int
+    running_turn_id: str | None
+    running_owner: str | None
+
+
+_SESSION_COLUMNS = """
+    s.session_id, s.created_at_ms, s.updated_at_ms, s.provider, s.model, s.system_prompt,
+    s.max_tokens, s.labels, s.archived, s.message_count, s.input_tokens, s.output_tokens,
+    s.cache_read_tokens, s.cache_write_tokens, s.last_assistant_text, s.budget,
+    s.provider_params, s.provider_state, s.staged_prompt, s.tools, s.next_seq,
+    t.turn_id, t.owner
+"""
+_SESSION_FROM = "sessions s LEFT JOIN turns t ON t.session_id = s.session_id AND t.status = 'running'"
+
+
+def usage_of(inp: int, out: int, cache_read: int, cache_write: int) -> Usage:
+    return Usage(inp, out, inp + out, cache_read or None, cache_write or None)
+
+
+def _session(row: Any) -> SessionRow:
+    return SessionRow(
+        session_id=row[0],
+        created_at_ms=row[1],
+        updated_at_ms=row[2],
+        provider=row[3],
+        model=row[4],
+        system_prompt=row[5],
+        max_tokens=row[6],
+        labels=_labels.decode(row[7]),
+        archived=bool(row[8]),
+        message_count=row[9],
+        usage=usage_of(row[10], row[11], row[12], row[13]),
+        last_assistant_text=row[14],
+        budget=msgspec.json.decode(row[15], type=Budget) if row[15] else None,
+        provider_params=_any.decode(row[16]) if row[16] else None,
+        provider_state=_any.decode(row[17]),
+        staged_prompt=row[18],
+        tools=_tools.decode(row[19]),
+        next_seq=row[20],
+        running_turn_id=row[21],
+        running_owner=row[22],
+    )
+
+
+async def get_session(db: Any, session_id: str) -> SessionRow | None:
+    rows = await db.execute_fetchall(
+        f"SELECT {_SESSION_COLUMNS} FROM {_SESSION_FROM} WHERE s.session_id = ?", (session_id,)
+    )
+    return _session(rows[0]) if rows else None
+
+
+async def insert_session(db: Any, row: SessionRow) -> None:
+    await db.execute(
+        """INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, provider, model,
+               system_prompt, max_tokens, labels, budget, provider_params, provider_state,
+               staged_prompt, tools, next_seq)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            row.session_id,
+            row.created_at_ms,
+            row.updated_at_ms,
+            row.provider,
+            row.model,
+            row.system_prompt,
+            row.max_tokens,
+            dumps(row.labels),
+            dumps(row.budget) if row.budget else None,
+            dumps(row.provider_params) if row.provider_params is not None else None,
+            dumps(row.provider_state),
+            row.staged_prompt,
+            dumps(row.tools),
+            row.next_seq,
+        ),
+    )
+    if row.labels:
+        await db.executemany(
+            "INSERT INTO session_labels (session_id, key, value) VALUES (?, ?, ?)",
+            [(row.session_id, k, v) for k, v in row.labels.items()],
+        )
+
+
+async def list_sessions(
+    db: Any, *, limit: int, offset: int, labels: dict[str, str], include_archived: bool
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """Newest ``updated_at_ms`` first; label pairs all must match. Fetches one extra row
+    to learn ``has_more`` without counting the table."""
+    where: list[str] = []
+    args: list[Any] = []
+    if not include_archived:
+        where.append("s.archived = 0")
+    for key, value in labels.items():
+        where.append(
+            "EXISTS (SELECT 1 FROM session_labels l WHERE l.session_id = s.session_id"
+            " AND l.key = ? AND l.value = ?)"
+        )
+        args += [key, value]
+    sql = f"""
+        SELECT s.session_id, s.created_at_ms, s.updated_at_ms, s.message_count,
+               s.input_tokens + s.output_tokens, s.labels, s.archived,
+               EXISTS (SELECT 1 FROM turns t WHERE t.session_id = s.session_id AND t.status = 'running')
+        FROM sessions s {'WHERE ' + ' AND '.join(where) if where else ''}
+        ORDER BY s.updated_at_ms DESC, s.session_id DESC
+        LIMIT ? OFFSET ?"""
+    rows = await db.execute_fetchall(sql, (*args, limit + 1, offset))
+    return list(rows[:limit]), len(rows) > limit
+
+
+def decode_labels(raw: str) -> dict[str, str]:
+    return _labels.decode(raw)
+
+
+async def history_page(
+    db: Any, session_id: str, offset: int, limit: int
+) -> tuple[int, list[Message]] | None:
+    rows = await db.execute_fetchall(
+        """SELECT s.message_count, m.idx, m.role, m.content, m.created_at_ms, m.turn_id, m.source
+           FROM sessions s LEFT JOIN messages m
+             ON m.session_id = s.session_id AND m.idx >= ? AND m.idx < ?
+           WHERE s.session_id = ?
+           ORDER BY m.idx""",
+        (offset, offset + limit, session_id),
+    )
+    if not rows:
+        return None
+    count = rows[0][0]
+    messages = [
+        Message(r[1], r[2], _blocks.decode(r[3]), r[4], r[5], r[6]) for r in rows if r[1] is not None
+    ]
+    return count, messages
+
+
+async def all_messages(db: Any, session_id: str) -> list[Message]:
+    rows = await db.execute_fetchall(
+        "SELECT idx, role, content, created_at_ms, turn_id, source FROM messages"
+        " WHERE session_id = ? ORDER BY idx",
+        (session_id,),
+    )
+    return [Message(r[0], r[1], _blocks.decode(r[2]), r[3], r[4], r[5]) for r in rows]
+
+
+async def append_messages(db: Any, session_id: str, messages: list[Message]) -> None:
+    await db.executemany(
+        "INSERT INTO messages (session_id, idx, role, content, created_at_ms, turn_id, source)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (session_id, m.index, m.role, dumps(m.content), m.created_at_ms, m.turn_id, m.source)
+            for m in messages
+        ],
+    )
+
+
+async def update_session(db: Any, session_id: str, **fields: Any) -> None:
+    """Set columns by name; JSON-typed values are encoded here."""
+    json_columns = {"labels", "budget", "provider_params", "provider_state", "tools"}
+    cols = []
+    args: list[Any] = []
+    for name, value in fields.items():
+        cols.append(f"{name} = ?")
+        args.append(dumps(value) if name in json_columns and value is not None else value)
+    await db.execute(f"UPDATE sessions SET {', '.join(cols)} WHERE session_id = ?", (*args, session_id))
+
+
+async def add_usage(db: Any, session_id: str, usage: Usage) -> None:
+    await db.execute(
+        """UPDATE sessions SET input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,
+               cache_read_tokens = cache_read_tokens + ?, cache_write_tokens = cache_write_tokens + ?
+           WHERE session_id = ?""",
+        (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens or 0,
+            usage.cache_write_tokens or 0,
+            session_id,
+        ),
+    )
+
+
+async def insert_turn(db: Any, turn_id: str, session_id: str, owner: str, now_ms: int) -> None:
+    await db.execute(
+        "INSERT INTO turns (turn_id, session_id, status, owner, started_at_ms) VALUES (?, ?, 'running', ?, ?)",
+        (turn_id, session_id, owner, now_ms),
+    )
+
+
+async def end_turn(
+    db: Any, turn_id: str, *, status: str, stop_reason: str | None, usage: Usage | None,
+    now_ms: int, error: dict[str, Any] | None = None,
+) -> None:
+    await db.execute(
+        "UPDATE turns SET status = ?, stop_reason = ?, usage = ?, ended_at_ms = ?, error = ?"
+        " WHERE turn_id = ? AND status = 'running'",
+        (
+            status,
+            stop_reason,
+            dumps(usage) if usage else None,
+            now_ms,
+            dumps(error) if error else None,
+            turn_id,
+        ),
+    )
+
+
+async def running_turns(db: Any) -> list[tuple[str, str, str | None]]:
+    rows = await db.execute_fetchall("SELECT turn_id, session_id, owner FROM turns WHERE status = 'running'")
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def pending_tool_calls(db: Any, session_id: str) -> list[ToolCall]:
+    rows = await db.execute_fetchall(
+        "SELECT tool_use_id, name, arguments FROM pending_tool_calls WHERE session_id = ? ORDER BY position",
+        (session_id,),
+    )
+    return [ToolCall(r[0], r[1], _any.decode(r[2])) for r in rows]
+
+
+async def set_pending_tool_calls(db: Any, session_id: str, calls: list[ToolCall]) -> None:
+    await db.execute("DELETE FROM pending_tool_calls WHERE session_id = ?", (session_id,))
+    await db.executemany(
+        "INSERT INTO pending_tool_calls (session_id, tool_use_id, position, name, arguments) VALUES (?, ?, ?, ?, ?)",
+        [(session_id, c.tool_use_id, i, c.name, dumps(c.arguments)) for i, c in enumerate(calls)],
+    )
+
+
+async def staged_tool_results(db: Any, session_id: str) -> dict[str, tuple[str, bool]]:
+    rows = await db.execute_fetchall(
+        "SELECT tool_use_id, content, is_error FROM staged_tool_results WHERE session_id = ?", (session_id,)
+    )
+    return {r[0]: (r[1], bool(r[2])) for r in rows}
+
+
+async def stage_tool_results(
+    db: Any, session_id: str, results: list[tuple[str, str, bool]], now_ms: int
+) -> None:
+    await db.executemany(
+        "INSERT OR REPLACE INTO staged_tool_results (session_id, tool_use_id, content, is_error, created_at_ms)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(session_id, tid, content, int(is_error), now_ms) for tid, content, is_error in results],
+    )
+
+
+async def clear_tool_state(db: Any, session_id: str) -> None:
+    await db.execute("DELETE FROM staged_tool_results WHERE session_id = ?", (session_id,))
+    await db.execute("DELETE FROM pending_tool_calls WHERE session_id = ?", (session_id,))
+
+
+async def system_context_key(db: Any, session_id: str, key: str) -> str | None:
+    rows = await db.execute_fetchall(
+        "SELECT text FROM system_context_keys WHERE session_id = ? AND idempotency_key = ?", (session_id, key)
+    )
+    return rows[0][0] if rows else None
+
+
+async def remember_system_context_key(db: Any, session_id: str, key: str, text: str) -> None:
+    await db.execute(
+        "INSERT INTO system_context_keys (session_id, idempotency_key, text) VALUES (?, ?, ?)",
+        (session_id, key, text),
+    )
+
+
+async def stage_system_context(
+    db: Any, session_id: str, text: str, source: str | None, key: str | None, now_ms: int
+) -> None:
+    await db.execute(
+        "INSERT INTO staged_system_context (session_id, text, source, idempotency_key, created_at_ms)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (session_id, text, source, key, now_ms),
+    )
+
+
+async def take_staged_system_context(db: Any, session_id: str) -> list[tuple[str, str | None, str | None]]:
+    rows = await db.execute_fetchall(
+        "SELECT text, source, idempotency_key FROM staged_system_context WHERE session_id = ? ORDER BY id",
+        (session_id,),
+    )
+    if rows:
+        await db.execute("DELETE FROM staged_system_context WHERE session_id = ?", (session_id,))
+    return [(r[0], r[1], r[2]) for r in rows]

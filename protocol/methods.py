@@ -1,0 +1,42 @@
+"""Every method the daemon serves, with its params and result types.
+
+The daemon's dispatch table, ``initialize``'s method list and ``schemas/`` are all derived
+from this one mapping, so none of them can forget a method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from . import types as t
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    params: type[msgspec.Struct]
+    result: tuple[type[msgspec.Struct], ...]
+
+
+METHODS: dict[str, MethodSpec] = {
+    "initialize": MethodSpec(t.InitializeParams, (t.InitializeResult,)),
+    "shutdown": MethodSpec(t.ShutdownParams, (t.EmptyResult,)),
+    "session/create": MethodSpec(t.SessionCreateParams, (t.RunResult, t.DeferredCreateResult)),
+    "turn/start": MethodSpec(t.TurnStartParams, (t.RunResult,)),
+    "turn/interrupt": MethodSpec(t.TurnInterruptParams, (t.InterruptResult,)),
+    "session/read": MethodSpec(t.SessionIdParams, (t.SessionView,)),
+    "session/list": MethodSpec(t.SessionListParams, (t.SessionListResult,)),
+    "session/history": MethodSpec(t.SessionHistoryParams, (t.SessionHistoryPage,)),
+    "session/archive": MethodSpec(t.SessionIdParams, (t.ArchiveResult,)),
+    "session/append_system_context": MethodSpec(t.AppendSystemContextParams, (t.AppendSystemContextResult,)),
+    "session/stage_tool_results": MethodSpec(t.StageToolResultsParams, (t.StageToolResultsResult,)),
+}
+
+
+class CancelRequestParams(msgspec.Struct):
+    id: str | int
+
+
+#: Notifications the daemon accepts from the client.
+CLIENT_NOTIFICATIONS: dict[str, type[msgspec.Struct]] = {"$/cancelRequest": CancelRequestParams}

@@ -1,0 +1,315 @@
+"""Params, results and shapes of PROTOCOL.md section 3, as msgspec Structs.
+
+Params structs forbid unknown fields, so a misspelt field is an error rather than a silent
+default. Result structs are what the daemon encodes; fields that are ``None`` by default are
+omitted from the wire only where the protocol marks them optional.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+from . import MAX_PAGE_SIZE
+
+NonEmptyStr = Annotated[str, Meta(min_length=1)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+PageLimit = Annotated[int, Meta(ge=1, le=MAX_PAGE_SIZE)]
+ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+Role = Literal["system", "user", "assistant", "tool"]
+StopReason = Literal["end_turn", "max_tokens", "tool_use", "interrupted", "budget_exhausted", "refusal"]
+
+
+class Params(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Base of every params object: unknown fields are rejected with -32602."""
+
+
+# ---------------------------------------------------------------- shapes
+
+
+class Usage(Struct, omit_defaults=True):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+    @classmethod
+    def zero(cls) -> "Usage":
+        return cls(0, 0, 0)
+
+    def __add__(self, other: "Usage") -> "Usage":
+        def opt(a: int | None, b: int | None) -> int | None:
+            return None if a is None and b is None else (a or 0) + (b or 0)
+
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.total_tokens + other.total_tokens,
+            opt(self.cache_read_tokens, other.cache_read_tokens),
+            opt(self.cache_write_tokens, other.cache_write_tokens),
+        )
+
+
+class TextBlock(Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ReasoningBlock(Struct, tag_field="type", tag="reasoning", omit_defaults=True):
+    text: str
+    signature: str | None = None
+    redacted: str | None = None  # opaque provider data that must be sent back unchanged
+
+
+class ToolUseBlock(Struct, tag_field="type", tag="tool_use"):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolResultBlock(Struct, tag_field="type", tag="tool_result"):
+    tool_use_id: str
+    content: str
+    is_error: bool = False
+
+
+Block = Union[TextBlock, ReasoningBlock, ToolUseBlock, ToolResultBlock]
+
+
+class Message(Struct, omit_defaults=True):
+    index: int
+    role: Role
+    content: list[Block]
+    created_at_ms: int
+    turn_id: str | None = None
+    source: str | None = None  # for system-context messages
+
+
+class ToolDef(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    name: ToolName
+    input_schema: dict[str, Any]
+    description: str = ""
+
+
+class Budget(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    max_tokens: PositiveInt | None = None
+    max_tool_calls: NonNegativeInt | None = None
+    max_turn_duration_ms: PositiveInt | None = None
+
+
+class ToolCall(Struct):
+    tool_use_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolOverlay(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    allowed_tools: list[str] | None = None
+    blocked_tools: list[str] | None = None
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+class ClientInfo(Struct, omit_defaults=True):
+    name: str = ""
+    version: str = ""
+
+
+class ClientCapabilities(Struct, omit_defaults=True):
+    tool_execute: bool = False
+
+
+class InitializeParams(Params):
+    protocol_version: int = 1
+    client_info: ClientInfo | None = None
+    capabilities: ClientCapabilities | None = None
+
+
+class ServerInfo(Struct):
+    name: str
+    version: str
+
+
+class ServerCapabilities(Struct):
+    methods: list[str]
+    events: list[str]
+    providers: list[str]
+
+
+class Limits(Struct):
+    max_line_bytes: int
+    max_page_size: int
+
+
+class InitializeResult(Struct):
+    protocol_version: int
+    server_info: ServerInfo
+    capabilities: ServerCapabilities
+    limits: Limits
+
+
+class ShutdownParams(Params):
+    pass
+
+
+class EmptyResult(Struct):
+    pass
+
+
+# ---------------------------------------------------------------- sessions
+
+
+class SessionCreateParams(Params):
+    prompt: str | None = None
+    model: NonEmptyStr | None = None
+    provider: NonEmptyStr | None = None
+    system_prompt: str | None = None
+    max_tokens: PositiveInt | None = None
+    labels: dict[str, str] = {}
+    initial_turn: Literal["run_immediately", "defer"] = "run_immediately"
+    deferred_prompt_policy: Literal["discard", "stage"] = "discard"
+    tools: list[ToolDef] = []
+    budget: Budget | None = None
+    provider_params: dict[str, Any] | None = None
+
+
+class TurnStartParams(Params):
+    session_id: str
+    prompt: str
+    system_prompt: str | None = None
+    turn_tool_overlay: ToolOverlay | None = None
+    model: NonEmptyStr | None = None
+    max_tokens: PositiveInt | None = None
+    provider_params: dict[str, Any] | None = None
+
+
+class TurnInterruptParams(Params):
+    session_id: str
+    turn_id: str | None = None
+
+
+class SessionIdParams(Params):
+    session_id: str
+
+
+class SessionListParams(Params):
+    limit: PageLimit = 100
+    offset: NonNegativeInt = 0
+    labels: dict[str, str] = {}
+    include_archived: bool = False
+
+
+class SessionHistoryParams(Params):
+    session_id: str
+    offset: NonNegativeInt = 0
+    limit: PageLimit = 100
+
+
+class AppendSystemContextParams(Params):
+    session_id: str
+    text: NonEmptyStr
+    source: str | None = None
+    idempotency_key: NonEmptyStr | None = None
+
+
+class ToolResultInput(Struct, forbid_unknown_fields=True):
+    tool_use_id: NonEmptyStr
+    content: str
+    is_error: bool = False
+
+
+class StageToolResultsParams(Params):
+    session_id: str
+    results: Annotated[list[ToolResultInput], Meta(min_length=1)]
+
+
+class RunResult(Struct):
+    session_id: str
+    turn_id: str
+    text: str
+    stop_reason: StopReason
+    tool_calls: list[ToolCall]
+    usage: Usage
+    message_count: int
+    pending_tool_calls: list[ToolCall] = []
+
+
+class DeferredCreateResult(Struct):
+    session_id: str
+    created_at_ms: int
+
+
+class InterruptResult(Struct):
+    session_id: str
+    turn_id: str
+    interrupted: bool = True
+
+
+class SessionSummary(Struct):
+    session_id: str
+    created_at_ms: int
+    updated_at_ms: int
+    message_count: int
+    total_tokens: int
+    is_active: bool
+    labels: dict[str, str]
+    archived: bool = False
+
+
+class SessionInfo(Struct):
+    session_id: str
+    created_at_ms: int
+    updated_at_ms: int
+    message_count: int
+    is_active: bool
+    model: str | None
+    provider: str
+    last_assistant_text: str | None
+    labels: dict[str, str]
+
+
+class Billing(Struct):
+    total_tokens: int
+    usage: Usage
+
+
+class SessionView(Struct):
+    state: SessionInfo
+    billing: Billing
+
+
+class SessionListResult(Struct):
+    sessions: list[SessionSummary]
+    has_more: bool
+
+
+class SessionHistoryPage(Struct):
+    session_id: str
+    message_count: int
+    offset: int
+    limit: int
+    has_more: bool
+    messages: list[Message]
+
+
+class ArchiveResult(Struct):
+    session_id: str
+    archived: bool = True
+
+
+class AppendSystemContextResult(Struct):
+    status: Literal["applied", "staged", "duplicate"]
+
+
+class StageToolResultsResult(Struct):
+    accepted_result_count: int
+
+
+def decode_params(params: Any, params_type: type[msgspec.Struct]) -> Any:
+    """Convert decoded JSON params into ``params_type``; raises ``msgspec.ValidationError``."""
+    return msgspec.convert(params, params_type, strict=True)

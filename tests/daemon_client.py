@@ -1,0 +1,241 @@
+"""A test client that runs the real daemon as a subprocess and talks to it over pipes.
+
+Every wait has a timeout, so a daemon bug fails a test instead of hanging the suite.
+Notifications are collected in arrival order, and every line the daemon writes is kept
+(``lines``) so tests can assert on stdout as a whole.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TIMEOUT = 20.0
+
+
+class DaemonError(AssertionError):
+    pass
+
+
+class Daemon:
+    def __init__(
+        self,
+        *args: str,
+        db: Path | None = None,
+        env: dict[str, str] | None = None,
+        stderr_path: Path | None = None,
+        user: int | None = None,
+    ) -> None:
+        cmd = [sys.executable, "-m", "daemon", "serve"]
+        cmd += ["--db", str(db)] if db is not None else (["--ephemeral"] if "--ephemeral" not in args else [])
+        cmd += list(args)
+        full_env = dict(os.environ)
+        full_env.setdefault("WARREN_LOG_LEVEL", "info")
+        full_env["PYTHONPATH"] = str(ROOT)
+        if env:
+            full_env.update(env)
+        self.stderr_path = stderr_path
+        self._stderr_file = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
+        kwargs: dict[str, Any] = {}
+        if user is not None:
+            kwargs["user"] = user
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr_file,
+            cwd=ROOT,
+            env=full_env,
+            **kwargs,
+        )
+        self.lines: list[bytes] = []
+        self.notifications: list[dict[str, Any]] = []
+        self.client_requests: list[dict[str, Any]] = []
+        self._responses: dict[Any, Any] = {}
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._cond:
+                self.lines.append(raw)
+                try:
+                    msg = json.loads(raw)
+                except ValueError:
+                    msg = {"__unparsable__": raw.decode("utf-8", "replace")}
+                if isinstance(msg, list):
+                    for item in msg:
+                        self._responses.setdefault(("batch", item.get("id")), item)
+                    self._responses.setdefault("batch", []).append(msg)
+                elif "method" in msg and "id" not in msg:
+                    self.notifications.append(msg)
+                elif "method" in msg:
+                    self.client_requests.append(msg)
+                else:
+                    self._responses[msg.get("id")] = msg
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def send_raw(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, obj: Any) -> None:
+        self.send_raw(json.dumps(obj).encode() + b"\n")
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def wait_for(self, predicate: Any, timeout: float = DEFAULT_TIMEOUT, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DaemonError(f"timed out waiting for {what}; last lines: {self.lines[-5:]!r}")
+                if self._eof:
+                    value = predicate()
+                    if value:
+                        return value
+                    raise DaemonError(f"daemon closed stdout while waiting for {what}; rc={self.proc.poll()}")
+                self._cond.wait(min(remaining, 0.5))
+
+    def response(self, id_: Any, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        return self.wait_for(lambda: self._responses.get(id_), timeout, f"response {id_!r}")
+
+    # ------------------------------------------------------------------ calls
+
+    def request(self, method: str, params: Any = None, *, id_: Any = None) -> Any:
+        """Send a request without waiting; returns its id."""
+        id_ = self.next_id() if id_ is None else id_
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+        return id_
+
+    def call(self, method: str, params: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Request and return ``result``; raise DaemonError carrying ``error`` otherwise."""
+        reply = self.response(self.request(method, params), timeout)
+        if "error" in reply:
+            raise RpcError(reply["error"])
+        return reply["result"]
+
+    def error(self, method: str, params: Any = None, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """Request and return ``error``; fail if it succeeded."""
+        reply = self.response(self.request(method, params), timeout)
+        if "error" not in reply:
+            raise DaemonError(f"{method} succeeded but an error was expected: {reply}")
+        return reply["error"]
+
+    def notify(self, method: str, params: Any = None) -> None:
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+
+    def events(self, session_id: str | None = None, turn_id: str | None = None) -> list[dict[str, Any]]:
+        with self._cond:
+            return [
+                n["params"]
+                for n in self.notifications
+                if n.get("method") == "session/event"
+                and (session_id is None or n["params"]["session_id"] == session_id)
+                and (turn_id is None or n["params"]["turn_id"] == turn_id)
+            ]
+
+    def event_types(self, session_id: str | None = None, turn_id: str | None = None) -> list[str]:
+        return [e["event"]["type"] for e in self.events(session_id, turn_id)]
+
+    def wait_event(self, type_: str, session_id: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        def found() -> Any:
+            for e in self.events(session_id):
+                if e["event"]["type"] == type_:
+                    return e
+            return None
+
+        return self.wait_for(found, timeout, f"event {type_}")
+
+    # ------------------------------------------------------------------ ending
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise DaemonError(f"daemon did not exit within {timeout}s") from None
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait_exit()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stderr_lines(self) -> list[dict[str, Any]]:
+        assert self.stderr_path is not None
+        out = []
+        for raw in self.stderr_path.read_bytes().splitlines():
+            out.append(json.loads(raw))
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.close_stdin()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._stderr_file is not subprocess.DEVNULL:
+            self._stderr_file.close()
+        if self.proc.stdout is not None:
+            self._reader.join(5)
+            self.proc.stdout.close()
+
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class RpcError(DaemonError):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(f"RPC error {error}")
+        self.error = error
+        self.code = error["code"]
+        self.data = error.get("data", {})
+
+
+def script(*steps: dict[str, Any]) -> dict[str, Any]:
+    return {"script": list(steps)}

@@ -1,0 +1,1 @@
+"""Offline stand-ins for external services, shared by tests and benchmarks."""
