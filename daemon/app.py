@@ -39,6 +39,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
     )
     connection.writer.on_broken = connection.stop_reading
     service = SessionService(store, ProviderRegistry(), connection)
+    store.on_open = service.recover
     connection.on_shutdown = service.interrupt_all
     connection.dispatcher = Dispatcher(
         build_handlers(service, connection, ClientState(), max_line_bytes=options.max_line_bytes)
@@ -48,7 +49,6 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
     async with anyio.create_task_group() as root:
         root.start_soon(connection.writer.run)
         await root.start(store.run)
-        root.start_soon(_recover, service)
         root.start_soon(_watch_signals, connection)
         await connection.serve(in_fd)
         connection.writer.close()
@@ -56,13 +56,6 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
             await connection.writer.wait_drained()
         root.cancel_scope.cancel()
     log.info("stopped")
-
-
-async def _recover(service: SessionService) -> None:
-    try:
-        await service.recover()
-    except Exception as exc:  # noqa: BLE001 - the store error is already logged; serving goes on
-        log.warning("recovery_skipped", error=type(exc).__name__)
 
 
 async def _watch_signals(connection: Connection) -> None:

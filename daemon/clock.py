@@ -11,13 +11,31 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_last_ms = 0
+_counter = 0
+
+
 def new_id() -> str:
-    """A UUIDv7 string: random, but sorting by creation time (RFC 9562)."""
+    """A UUIDv7 string (RFC 9562) that sorts by creation, also within one millisecond.
+
+    The 12-bit ``rand_a`` field is a counter while the millisecond repeats (the RFC's
+    "fixed bit-length dedicated counter" method), so ids made by one process in a burst
+    still sort in the order they were made; ``session/list`` breaks time ties by id.
+    """
+    global _last_ms, _counter
     ms = now_ms()
-    rand = int.from_bytes(os.urandom(10), "big")
+    if ms <= _last_ms:
+        ms = _last_ms
+        _counter += 1
+        if _counter > 0xFFF:
+            ms, _counter = ms + 1, 0
+    else:
+        _counter = int.from_bytes(os.urandom(2), "big") & 0x1FF
+    _last_ms = ms
+    rand = int.from_bytes(os.urandom(8), "big")
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= _counter << 64
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
     return str(uuid.UUID(int=value))

@@ -118,6 +118,8 @@ class Config:
     #: The file read, or the file that would have been read (named in error messages).
     path: Path
     file_loaded: bool = False
+    #: Things worth logging at start-up (e.g. a key in a file others can read).
+    warnings: tuple[str, ...] = ()
 
     def provider(self, name: str) -> ProviderConfig:
         try:
@@ -204,6 +206,17 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     for name, pc in _providers_from_env(env).items():
         providers.setdefault(name, pc)
 
+    warnings: list[str] = []
+    if any(pf.api_key for pf in provider_files.values()):
+        try:
+            mode = file_path.stat().st_mode & 0o777
+        except OSError:
+            mode = 0
+        if mode & 0o077:
+            warnings.append(
+                f"{file_path} holds an api_key and is readable by others (mode {mode:o}); run: chmod 600 {file_path}"
+            )
+
     default_provider = defaults.provider
     if default_provider is not None and default_provider != SCRIPTED and default_provider not in providers:
         known = ", ".join(sorted(providers) + [SCRIPTED])
@@ -216,6 +229,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         providers=providers,
         path=file_path,
         file_loaded=raw is not None,
+        warnings=tuple(warnings),
     )
 
 

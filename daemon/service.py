@@ -59,18 +59,13 @@ class SessionService:
 
     # ------------------------------------------------------------------ start-up
 
-    async def recover(self) -> int:
-        """Close the turns that died with their process; returns how many."""
-
-        async def unit(db: Any) -> int:
-            closed = 0
-            for turn_id, session_id, owner in await tables.running_turns(db):
-                if not self._owner_alive(owner, turn_id):
-                    await self._close_dead_turn(db, turn_id, session_id)
-                    closed += 1
-            return closed
-
-        closed = await self.store.write(unit)
+    async def recover(self, db: Any) -> int:
+        """Close the turns that died with their process (a unit run when the store opens)."""
+        closed = 0
+        for turn_id, session_id, owner in await tables.running_turns(db):
+            if not self._owner_alive(owner, turn_id):
+                await self._close_dead_turn(db, turn_id, session_id)
+                closed += 1
         if closed:
             log.info("recovered_dead_turns", count=closed)
         return closed
@@ -304,7 +299,8 @@ class SessionService:
             created_at_ms=row.created_at_ms,
             updated_at_ms=row.updated_at_ms,
             message_count=row.message_count,
-            is_active=row.running_turn_id is not None,
+            is_active=row.running_turn_id is not None
+            and self._owner_alive(row.running_owner, row.running_turn_id),
             model=row.model,
             provider=row.provider,
             last_assistant_text=row.last_assistant_text,

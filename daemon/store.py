@@ -143,6 +143,9 @@ class Store:
 
     def __init__(self, path: Path | None, *, busy_timeout_ms: int = 5000) -> None:
         self.path = path
+        #: Runs once in a write transaction right after migrations, before any other unit:
+        #: the service closes turns whose process died here, so no request sees them.
+        self.on_open: Unit[Any] | None = None
         self.busy_timeout_ms = busy_timeout_ms
         self.owner = OwnerLock(path)
         self._writer: Any = None
@@ -169,6 +172,12 @@ class Store:
                 await self._close_connections()
 
     async def _try_open(self) -> None:
+        # Shielded: a connection cancelled half-way would leave aiosqlite's thread running
+        # with nobody to close it, and the interpreter would wait for it at exit.
+        with anyio.CancelScope(shield=True):
+            await self._try_open_shielded()
+
+    async def _try_open_shielded(self) -> None:
         async with self._open_lock:
             if self._writer is not None:
                 return
@@ -201,6 +210,14 @@ class Store:
             await self._configure(self._reader, wal=False)
             self.owner.acquire()
         await migrate(self._writer)
+        if self.on_open is not None:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                await self.on_open(self._writer)
+                await self._writer.execute("COMMIT")
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
 
     async def _configure(self, conn: Any, *, wal: bool) -> None:
         await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")

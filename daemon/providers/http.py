@@ -18,6 +18,7 @@ import email.utils
 import time
 from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Mapping
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -217,19 +218,28 @@ def error_from_payload(provider: str, payload: Any, redact: Redactor) -> Provide
     return ProviderError(provider, kind, redact(text), retryable=retryable, status=status, error_type=etype)
 
 
-def error_from_exception(provider: str, exc: Exception, redact: Redactor) -> ProviderError:
+_TIMEOUT_TEXT = {
+    "ConnectTimeout": "timed out connecting",
+    "ReadTimeout": "timed out waiting for data (read timeout)",
+    "WriteTimeout": "timed out sending the request",
+    "PoolTimeout": "timed out waiting for a free connection",
+}
+
+
+def error_from_exception(provider: str, exc: Exception, redact: Redactor, *, host: str = "") -> ProviderError:
     """Transport failures. Timeouts and dropped connections are retryable; a request we could
-    not even build (bad URL, unsupported scheme) is not."""
-    detail = redact(str(exc)) or exc.__class__.__name__
+    not even build (bad URL, unsupported scheme) is not. ``host`` (no credentials) helps the
+    user spot a local server that is not running."""
+    name = exc.__class__.__name__
+    detail = redact(str(exc)) or _TIMEOUT_TEXT.get(name, "failed")
+    text = f"{name}{f' ({host})' if host else ''}: {detail}"
     if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(provider, "timeout", f"{exc.__class__.__name__}: {detail}", retryable=True)
+        return ProviderError(provider, "timeout", text, retryable=True)
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError)):
-        return ProviderError(provider, "bad_request", f"{exc.__class__.__name__}: {detail}", retryable=False)
-    if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
-        return ProviderError(provider, "connection", f"{exc.__class__.__name__}: {detail}", retryable=True)
+        return ProviderError(provider, "bad_request", text, retryable=False)
     if isinstance(exc, SSEError):
-        return ProviderError(provider, "protocol", detail, retryable=False)
-    return ProviderError(provider, "connection", f"{exc.__class__.__name__}: {detail}", retryable=True)
+        return ProviderError(provider, "protocol", redact(str(exc)), retryable=False)
+    return ProviderError(provider, "connection", text, retryable=True)
 
 
 def protocol_error(provider: str, message: str, redact: Redactor, *, retryable: bool = True) -> ProviderError:
@@ -311,9 +321,11 @@ class HTTPProvider:
             content = msgspec.json.encode(body)
         except (TypeError, msgspec.EncodeError) as exc:
             raise ProviderError(self.name, "bad_request", f"request is not JSON-encodable: {exc}", retryable=False) from None
+        # Configured headers win over the adapter's (a proxy may want its own auth, or a
+        # pinned anthropic-version); names are lower-cased so none is sent twice.
         all_headers = {
-            **self.config.headers,
-            **headers,
+            **{k.lower(): v for k, v in headers.items()},
+            **{k.lower(): v for k, v in self.config.headers.items()},
             "content-type": "application/json",
             "accept": "text/event-stream",
         }
@@ -329,7 +341,8 @@ class HTTPProvider:
                 async with aclosing(EventSource(response).aiter_sse()) as events:
                     yield events
         except httpx.HTTPError as exc:
-            raise error_from_exception(self.name, exc, self._redact) from None
+            host = urlsplit(url).netloc.rpartition("@")[2]
+            raise error_from_exception(self.name, exc, self._redact, host=host) from None
 
     async def _not_a_stream(self, response: httpx.Response, ctype: str) -> ProviderError:
         """Some compatible servers answer 200 with a JSON error instead of a stream."""

@@ -25,6 +25,7 @@ import json
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -114,6 +115,8 @@ class Exchange:
     json: Any
     received_at: float
     connection_id: int
+    #: Every header line as sent, in order (``headers`` keeps the last of repeated names).
+    header_list: list[tuple[str, str]] = field(default_factory=list)
     status: int | None = None
     first_byte_at: float | None = None
     step_times: list[float] = field(default_factory=list)
@@ -149,7 +152,7 @@ class FakeLLMServer:
 
     def start(self) -> "FakeLLMServer":
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler, self)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                         name="fake-llm-server", daemon=True)
         self._thread.start()
         return self
@@ -244,6 +247,12 @@ class _HTTPServer(ThreadingHTTPServer):
         self.fake = fake
         super().__init__(address, handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client dropping a kept-alive connection is normal here, not worth a traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -284,6 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
             json=parsed,
             received_at=time.time(),
             connection_id=self.connection_id,
+            header_list=list(self.headers.items()),
         )
         try:
             response = self.server.fake._record(exchange)
