@@ -6,6 +6,7 @@ Start-up does not wait for the database: the store opens in the background while
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ log = structlog.get_logger("warren.app")
 class Options:
     db: Path | None
     max_line_bytes: int
+    config: Path | None = None
     busy_timeout_ms: int = 5000
     shutdown_grace_s: float = 5.0
 
@@ -38,7 +40,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         Writer(out_fd), max_line_bytes=options.max_line_bytes, shutdown_grace_s=options.shutdown_grace_s
     )
     connection.writer.on_broken = connection.stop_reading
-    service = SessionService(store, ProviderRegistry(), connection)
+    service = SessionService(store, load_providers(options.config), connection)
     store.on_open = service.recover
     connection.on_shutdown = service.interrupt_all
     connection.dispatcher = Dispatcher(
@@ -54,8 +56,27 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         connection.writer.close()
         with anyio.move_on_after(options.shutdown_grace_s):
             await connection.writer.wait_drained()
+        with anyio.move_on_after(1, shield=True):
+            await service.providers.aclose()
         root.cancel_scope.cancel()
     log.info("stopped")
+
+
+def load_providers(path: Path | None) -> ProviderRegistry:
+    """Read the config; a broken file is reported on use instead of stopping the daemon."""
+    from .config import Config, ConfigError, default_config_path, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        log.error("config_invalid", error=exc.message)
+        config = Config(None, None, {}, path or default_config_path(os.environ))
+        return ProviderRegistry(config, exc)
+    for warning in config.warnings:
+        log.warning("config_warning", warning=warning)
+    log.info("config_loaded", path=str(config.path), file_loaded=config.file_loaded,
+             providers=sorted(config.providers), default=config.default_provider)
+    return ProviderRegistry(config)
 
 
 async def _watch_signals(connection: Connection) -> None:

@@ -17,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--db", type=Path, help="SQLite file (default: $XDG_DATA_HOME/warren/warren.db)")
     where.add_argument("--ephemeral", action="store_true", help="keep everything in memory; nothing is saved")
+    serve.add_argument("--config", type=Path,
+                       help="config file (default: $XDG_CONFIG_HOME/warren/config.toml)")
     serve.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES, help="largest accepted input line")
     serve.add_argument("--log-level", default=os.environ.get("WARREN_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"], help="stderr log level (default info)")
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from .store import default_db_path
 
     db = None if args.ephemeral else (args.db or default_db_path())
-    options = Options(db=db, max_line_bytes=args.max_line_bytes, busy_timeout_ms=args.busy_timeout_ms,
+    options = Options(db=db, max_line_bytes=args.max_line_bytes, config=args.config, busy_timeout_ms=args.busy_timeout_ms,
                       shutdown_grace_s=args.shutdown_grace_s)
     anyio.run(serve, options, 0, out_fd)
     return 0

@@ -83,6 +83,15 @@ def build_handlers(
     async def stage(p: t.StageToolResultsParams, ctx: RequestContext) -> t.StageToolResultsResult:
         return await service.stage_tool_results(p)
 
+    async def providers_list(p: t.ProvidersListParams, ctx: RequestContext) -> t.ProvidersListResult:
+        registry = service.providers
+        error = registry.config_error
+        return t.ProvidersListResult(
+            registry.describe(),
+            str(registry.config.path) if registry.config.path else None,
+            error.message if error else None,
+        )
+
     return {
         "initialize": initialize,
         "shutdown": shutdown,
@@ -95,4 +104,5 @@ def build_handlers(
         "session/archive": archive,
         "session/append_system_context": append,
         "session/stage_tool_results": stage,
+        "providers/list": providers_list,
     }

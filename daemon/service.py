@@ -86,7 +86,7 @@ class SessionService:
         if not defer and p.prompt is None:
             raise errors.InvalidRequest.at("$.prompt", 'required unless initial_turn is "defer"')
         self._check_tools(p)
-        provider = self.providers.resolve(p.provider)
+        provider, model = self.providers.resolve(p.provider, p.model)
         self.providers.check_params(provider, p.provider_params, "$.provider_params")
         now = now_ms()
         row = tables.SessionRow(
@@ -94,7 +94,7 @@ class SessionService:
             created_at_ms=now,
             updated_at_ms=now,
             provider=provider,
-            model=p.model,
+            model=model,
             system_prompt=p.system_prompt,
             max_tokens=p.max_tokens,
             labels=dict(p.labels),

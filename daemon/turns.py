@@ -91,6 +91,7 @@ class CallOutput:
         self.usage: Usage | None = None
         self.stop: str | None = None
         self.streamed_chars = 0
+        self.streamed_reasoning_chars = 0
 
     def _block(self, index: int, kind: str) -> _Block:
         block = self.blocks.get(index)
@@ -105,6 +106,7 @@ class CallOutput:
             return TextDeltaEvent(delta.text)
         if isinstance(delta, base.ReasoningDelta):
             self._block(delta.index, "reasoning").parts.append(delta.text)
+            self.streamed_reasoning_chars += len(delta.text)
             return ReasoningDeltaEvent(delta.text)
         if isinstance(delta, base.ReasoningSignature):
             self._block(delta.index, "reasoning").signature = delta.signature
@@ -182,6 +184,8 @@ class Turn:
         self.last_text = ""
         self.current: CallOutput | None = None
         self.result: RunResult | None = None
+        self.deadline = anyio.CancelScope()
+        self.deadline_s: float | None = None
         self.log = log.bind(session_id=self.session_id, turn_id=self.turn_id)
 
     # ------------------------------------------------------------------ events
@@ -207,7 +211,15 @@ class Turn:
             result: RunResult | None = None
             try:
                 with self.scope:
-                    result = await self._loop()
+                    with anyio.CancelScope() as self.deadline:
+                        result = await self._loop()
+                    if self.deadline.cancelled_caught:
+                        raise errors.ProviderFailed(
+                            f"{self.setup.provider}: the turn exceeded its time limit of {self.deadline_s:g} s",
+                            {"provider": self.setup.provider, "kind": "turn_timeout", "status": None,
+                             "retry_after_ms": None, "provider_error_type": None},
+                            False,
+                        )
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
                     await self._finish_interrupted()
@@ -244,7 +256,12 @@ class Turn:
     async def _loop(self) -> RunResult | None:
         setup = self.setup
         self.provider = self.providers.get(setup.provider)
+        self.deadline_s = base.turn_timeout_s(self.provider)
+        if self.deadline_s:
+            self.deadline.deadline = anyio.current_time() + self.deadline_s
         self.history = await self.store.read(lambda db: tables.all_messages(db, self.session_id))
+        if setup.model is None:
+            await self._discover_model()
         await self.emit(TurnStarted(setup.provider, setup.model))
         await self._emit_context(setup.applied_context)
         while True:
@@ -261,6 +278,19 @@ class Turn:
                 await self._emit_context(applied)
                 await self.emit(TurnCompleted(stop, self.usage))
                 return self._result(stop, pending=calls)
+
+    async def _discover_model(self) -> None:
+        """Ask a compatible server which model it serves, and remember the answer."""
+        discover = getattr(self.provider, "discover_model", None)
+        model = await discover() if discover is not None else None
+        if not model:
+            raise errors.FailedWithData(
+                f"Provider {self.setup.provider!r} has no model: pass model, or set default_model "
+                f"under [providers.{self.setup.provider}] in the config file",
+                {"reason": "no_model_configured", "provider": self.setup.provider},
+            )
+        self.setup.model = model
+        await self.store.write(lambda db: tables.update_session(db, self.session_id, model=model))
 
     async def _model_call(self) -> CallOutput:
         s = self.setup
@@ -293,7 +323,9 @@ class Turn:
                 attempt += 1
                 delay = policy.delay_ms(attempt, exc.retry_after_ms, random.random())
                 self.log.info("provider_retry", attempt=attempt, delay_ms=delay, kind=exc.kind, status=exc.status)
-                await self.emit(Retrying(attempt, delay, exc.kind, output.streamed_chars))
+                await self.emit(
+                    Retrying(attempt, delay, exc.kind, output.streamed_chars, output.streamed_reasoning_chars)
+                )
                 await anyio.sleep(delay / 1000)
 
     # ------------------------------------------------------------------ commits

@@ -47,10 +47,14 @@ class UsageReported(Event, tag="usage"):
 
 
 class Retrying(Event, tag="retrying"):
+    """``discard_chars`` / ``discard_reasoning_chars``: how much of the abandoned attempt's
+    ``text_delta`` / ``reasoning_delta`` output the client must drop; it is never committed."""
+
     attempt: int
     delay_ms: int
     reason: str
     discard_chars: int = 0
+    discard_reasoning_chars: int = 0
 
 
 class TurnCompleted(Event, tag="turn_completed"):

@@ -310,6 +310,26 @@ class StageToolResultsResult(Struct):
     accepted_result_count: int
 
 
+class ProvidersListParams(Params):
+    pass
+
+
+class ProviderInfo(Struct):
+    name: str
+    type: str
+    base_url: str | None
+    default_model: str | None
+    has_credential: bool
+    credential_env: str | None
+    is_default: bool
+
+
+class ProvidersListResult(Struct):
+    providers: list[ProviderInfo]
+    config_path: str | None = None
+    config_error: str | None = None
+
+
 def decode_params(params: Any, params_type: type[msgspec.Struct]) -> Any:
     """Convert decoded JSON params into ``params_type``; raises ``msgspec.ValidationError``."""
     return msgspec.convert(params, params_type, strict=True)

@@ -23,6 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 20.0
 
 
+PROVIDER_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL", "XDG_CONFIG_HOME", "WARREN_LOG_LEVEL")
+
+
+def hermetic_env() -> dict[str, str]:
+    """The test process's environment minus anything that would pick a real provider:
+    a developer's exported keys or config file must never reach a test daemon."""
+    env = {k: v for k, v in os.environ.items() if k not in PROVIDER_ENV}
+    env["XDG_CONFIG_HOME"] = "/nonexistent/warren-tests"
+    env["WARREN_LOG_LEVEL"] = "info"
+    return env
+
+
 class DaemonError(AssertionError):
     pass
 
@@ -39,8 +51,7 @@ class Daemon:
         cmd = [sys.executable, "-m", "daemon", "serve"]
         cmd += ["--db", str(db)] if db is not None else (["--ephemeral"] if "--ephemeral" not in args else [])
         cmd += list(args)
-        full_env = dict(os.environ)
-        full_env.setdefault("WARREN_LOG_LEVEL", "info")
+        full_env = hermetic_env()
         full_env["PYTHONPATH"] = str(ROOT)
         if env:
             full_env.update(env)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_client import Daemon, script
+from tests.daemon_client import Daemon, hermetic_env, script
 
 SLOW = script({"text": "z" * 300, "chunk_chars": 1, "delay_ms": 10})
 
@@ -90,7 +90,7 @@ def test_two_daemons_write_one_file(spawn, tmp_path: Path) -> None:
 
     def work(name: str, d: Daemon) -> None:
         for i in range(15):
-            r = d.call("session/create", {"prompt": f"{name}{i}", "labels": {"by": name}})
+            r = d.call("session/create", {"prompt": f"{name}{i}", "labels": {"by": name}, "provider": "scripted"})
             d.call("turn/start", {"session_id": r["session_id"], "prompt": "more"})
             d.call("session/append_system_context", {"session_id": r["session_id"], "text": "ctx"})
             results[name].append(r["session_id"])
@@ -114,7 +114,7 @@ def test_two_daemons_write_one_file(spawn, tmp_path: Path) -> None:
 def test_store_files_are_owner_only(spawn, tmp_path: Path) -> None:
     db = tmp_path / "sub" / "w.db"
     d = spawn(db=db)
-    d.call("session/create", {"prompt": "x"})
+    d.call("session/create", {"prompt": "x", "provider": "scripted"})
     for path in db.parent.iterdir():
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, (path, oct(mode))
@@ -124,10 +124,10 @@ def test_default_db_under_xdg_data_home(tmp_path: Path) -> None:
     env = {"XDG_DATA_HOME": str(tmp_path / "data")}
     with Daemon("--log-level", "error", env=env, db=None) as d:
         pass
-    cmd_env = {**os.environ, **env, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    cmd_env = {**hermetic_env(), **env, "PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.run(
         [os.sys.executable, "-m", "daemon", "serve"],
-        input=b'{"jsonrpc":"2.0","id":1,"method":"session/create","params":{"initial_turn":"defer"}}\n',
+        input=b'{"jsonrpc":"2.0","id":1,"method":"session/create","params":{"initial_turn":"defer","provider":"scripted"}}\n',
         capture_output=True, env=cmd_env, timeout=30,
     )
     assert b'"session_id"' in proc.stdout
@@ -144,7 +144,7 @@ def test_locked_database_gives_store_error_and_keeps_serving(spawn, tmp_path: Pa
     blocker = sqlite3.connect(tmp_path / "warren.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
-        err = d.error("session/create", {"prompt": "x"})
+        err = d.error("session/create", {"prompt": "x", "provider": "scripted"})
         assert err["code"] == -32006
         assert err["data"]["code"] == "SESSION_STORE_ERROR" and err["data"]["reason"] == "locked"
         assert err["data"]["retryable"] is True
@@ -153,7 +153,7 @@ def test_locked_database_gives_store_error_and_keeps_serving(spawn, tmp_path: Pa
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert d.call("session/create", {"prompt": "x"})["stop_reason"] == "end_turn"
+    assert d.call("session/create", {"prompt": "x", "provider": "scripted"})["stop_reason"] == "end_turn"
 
 
 def test_read_only_database_gives_store_error(spawn, tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_read_only_database_gives_store_error(spawn, tmp_path: Path) -> None:
                 p.chmod(0o500 if p.is_dir() else 0o400)
             work.chmod(0o500)
         d2 = spawn(db=work / "w.db")
-        err = d2.error("session/create", {"prompt": "x"})
+        err = d2.error("session/create", {"prompt": "x", "provider": "scripted"})
         assert err["code"] == -32006 and err["data"]["reason"] in ("read_only", "cant_open")
         assert err["data"]["retryable"] is False
         assert d2.call("initialize", {})["server_info"]["name"] == "warren"

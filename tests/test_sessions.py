@@ -12,7 +12,7 @@ def create(d: Daemon, prompt: str = "hi", **params: object) -> dict:
 
 
 def deferred(d: Daemon, **params: object) -> str:
-    return d.call("session/create", {"initial_turn": "defer", **params})["session_id"]
+    return d.call("session/create", {"initial_turn": "defer", "provider": "scripted", **params})["session_id"]
 
 
 # ---------------------------------------------------------------- create
@@ -31,9 +31,17 @@ def test_create_runs_first_turn_and_returns_run_result(daemon: Daemon) -> None:
     assert view["billing"]["total_tokens"] == r["usage"]["total_tokens"]
 
 
-def test_create_with_no_setup_at_all(daemon: Daemon) -> None:
-    r = daemon.call("session/create", {"prompt": "hi"})
+def test_create_naming_scripted_needs_no_setup(daemon: Daemon) -> None:
+    r = daemon.call("session/create", {"prompt": "hi", "provider": "scripted"})
     assert r["text"] == "echo: hi"
+
+
+def test_create_without_any_provider_says_what_to_set(daemon: Daemon) -> None:
+    err = daemon.error("session/create", {"prompt": "hi"})
+    assert err["code"] == -32009 and err["data"]["code"] == "SESSION_ERROR"
+    details = err["data"]["details"]
+    assert details["reason"] == "no_provider_configured" and "scripted" in details["providers"]
+    assert "ANTHROPIC_API_KEY" in details["how_to_fix"] and "OPENAI_BASE_URL" in details["how_to_fix"]
 
 
 def test_create_requires_prompt_unless_deferred(daemon: Daemon) -> None:
@@ -42,7 +50,7 @@ def test_create_requires_prompt_unless_deferred(daemon: Daemon) -> None:
 
 
 def test_create_rejects_unknown_fields_and_bad_types(daemon: Daemon) -> None:
-    err = daemon.error("session/create", {"prompt": "x", "colour": "red", "max_tokens": "many"})
+    err = daemon.error("session/create", {"prompt": "x", "provider": "scripted", "colour": "red", "max_tokens": "many"})
     paths = {e["path"] for e in err["data"]["errors"]}
     assert paths == {"$.colour", "$.max_tokens"}
     assert err["data"]["code"] == "INVALID_PARAMS" and err["data"]["retryable"] is False
@@ -55,7 +63,7 @@ def test_create_rejects_unknown_provider(daemon: Daemon) -> None:
 
 def test_create_validates_script_with_path(daemon: Daemon) -> None:
     err = daemon.error(
-        "session/create", {"prompt": "x", "provider_params": script({"text": "a"}, {"chunk_chars": 0})}
+        "session/create", {"prompt": "x", "provider": "scripted", "provider_params": script({"text": "a"}, {"chunk_chars": 0})}
     )
     assert err["code"] == -32602
     assert err["data"]["errors"][0]["path"] == "$.provider_params.script[1].chunk_chars"
@@ -63,12 +71,12 @@ def test_create_validates_script_with_path(daemon: Daemon) -> None:
 
 def test_create_rejects_duplicate_tools(daemon: Daemon) -> None:
     tool = {"name": "read_file", "description": "", "input_schema": {"type": "object"}}
-    err = daemon.error("session/create", {"prompt": "x", "tools": [tool, tool]})
+    err = daemon.error("session/create", {"prompt": "x", "provider": "scripted", "tools": [tool, tool]})
     assert err["data"]["errors"][0]["path"] == "$.tools[1].name"
 
 
 def test_deferred_create_discard_drops_prompt(daemon: Daemon) -> None:
-    r = daemon.call("session/create", {"prompt": "first", "initial_turn": "defer"})
+    r = daemon.call("session/create", {"prompt": "first", "initial_turn": "defer", "provider": "scripted"})
     assert set(r) == {"session_id", "created_at_ms"}
     page = daemon.call("session/history", {"session_id": r["session_id"]})
     assert page["message_count"] == 0

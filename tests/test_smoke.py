@@ -13,7 +13,7 @@ def test_create_echo_and_history(daemon: Daemon) -> None:
 
 
 def test_scripted_text(daemon: Daemon) -> None:
-    r = daemon.call("session/create", {"prompt": "x", "provider_params": script({"text": "abcdefghij", "chunk_chars": 4})})
+    r = daemon.call("session/create", {"prompt": "x", "provider": "scripted", "provider_params": script({"text": "abcdefghij", "chunk_chars": 4})})
     assert r["text"] == "abcdefghij"
     deltas = [e["event"]["delta"] for e in daemon.events(r["session_id"]) if e["event"]["type"] == "text_delta"]
     assert deltas == ["abcd", "efgh", "ij"]

@@ -69,7 +69,7 @@ def test_tool_call_ids_are_deterministic(spawn) -> None:
     ids = []
     for _ in range(2):
         d = spawn(db=None)
-        r = d.call("session/create", {"prompt": "x", "provider_params": script({"tool_calls": [{"name": "a"}, {"name": "b", "arguments": {"k": [1]}}]})})
+        r = d.call("session/create", {"prompt": "x", "provider": "scripted", "provider_params": script({"tool_calls": [{"name": "a"}, {"name": "b", "arguments": {"k": [1]}}]})})
         ids.append([c["tool_use_id"] for c in r["pending_tool_calls"]])
         assert r["pending_tool_calls"][1]["arguments"] == {"k": [1]}
         d.stop()

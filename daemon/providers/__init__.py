@@ -1,6 +1,6 @@
-"""Which providers exist and how a session's provider is chosen.
+"""Which providers exist, how a session's provider and model are chosen, and their objects.
 
-Provider modules are imported on first use, so HTTP libraries never slow start-up.
+Provider modules (and so ``httpx``) are imported on first use, so they never slow start-up.
 """
 
 from __future__ import annotations
@@ -8,9 +8,23 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import structlog
+
+from protocol.types import ProviderInfo
 
 from .. import errors
+from ..config import (
+    SCRIPTED,
+    Config,
+    ConfigError,
+    UnknownProvider,
+    known_provider_names,
+    resolve_model,
+    resolve_provider,
+)
 from .base import Provider
+
+log = structlog.get_logger("warren.providers")
 
 
 def _params_error(exc: msgspec.ValidationError, prefix: str) -> errors.InvalidRequest:
@@ -20,39 +34,104 @@ def _params_error(exc: msgspec.ValidationError, prefix: str) -> errors.InvalidRe
     return errors.InvalidRequest.at(prefix + path[1:], message)
 
 
+def _config_failure(exc: ConfigError) -> errors.WarrenError:
+    if isinstance(exc, UnknownProvider):
+        return errors.InvalidRequest.at("$.provider", exc.message, details=exc.details)
+    return errors.FailedWithData(exc.message, exc.details)
+
+
 class ProviderRegistry:
-    def __init__(self) -> None:
+    """The configured providers plus the built-in ``scripted``.
+
+    A config file that fails to load does not stop the daemon: ``config_error`` is kept and
+    every call that needs a provider reports it (``SESSION_ERROR``, ``reason:
+    "invalid_config"``), while everything else keeps working.
+    """
+
+    def __init__(self, config: Config, config_error: ConfigError | None = None) -> None:
+        self.config = config
+        self.config_error = config_error
         self._instances: dict[str, Provider] = {}
 
     def names(self) -> list[str]:
-        return ["scripted"]
+        return known_provider_names(self.config)
 
-    def resolve(self, requested: str | None) -> str:
-        """The provider a new session uses. Until HTTP providers are configured, an unnamed
-        provider means ``scripted``."""
-        name = requested or "scripted"
-        if name not in self.names():
-            raise errors.InvalidRequest.at(
-                "$.provider", f"unknown provider {name!r}; known providers: {', '.join(self.names())}"
+    def _check_config(self, requested: str | None) -> None:
+        if self.config_error is not None and requested != SCRIPTED:
+            raise errors.FailedWithData(
+                f"The config file is invalid: {self.config_error.message}",
+                {"reason": "invalid_config", "message": self.config_error.message, **self.config_error.details},
             )
-        return name
+
+    def resolve(self, requested: str | None, model: str | None) -> tuple[str, str | None]:
+        """The provider and model a new session uses."""
+        self._check_config(requested)
+        try:
+            name = resolve_provider(self.config, requested)
+        except ConfigError as exc:
+            raise _config_failure(exc) from None
+        try:
+            return name, resolve_model(self.config, name, model)
+        except ConfigError as exc:
+            if exc.details.get("reason") == "no_model_configured" and self.config.provider(name).type == "openai":
+                return name, None  # asked of the server (GET /models) when the first turn runs
+            raise _config_failure(exc) from None
 
     def get(self, name: str) -> Provider:
         provider = self._instances.get(name)
-        if provider is None:
-            if name != "scripted":
-                raise errors.Agent(f"Provider {name!r} is not available in this daemon")
+        if provider is not None:
+            return provider
+        if name == SCRIPTED:
             from .scripted import ScriptedProvider
 
-            provider = self._instances[name] = ScriptedProvider()
+            provider = ScriptedProvider()
+        else:
+            self._check_config(name)
+            try:
+                config = self.config.provider(name)
+            except ConfigError as exc:
+                raise errors.FailedWithData(
+                    f"Provider {name!r} is no longer configured: {exc.message}", exc.details
+                ) from None
+            from .http import build_provider
+
+            provider = build_provider(config)
+        self._instances[name] = provider
         return provider
 
     def check_params(self, name: str, provider_params: dict[str, Any] | None, path: str) -> None:
         """Reject provider_params the provider cannot use, before anything is stored."""
-        if name == "scripted":
+        if name == SCRIPTED:
             from .scripted import ScriptedProvider
 
             try:
                 ScriptedProvider.parse_params(provider_params)
             except msgspec.ValidationError as exc:
                 raise _params_error(exc, path) from None
+
+    def describe(self) -> list[ProviderInfo]:
+        """What ``providers/list`` shows: never a credential, only whether one is present."""
+        default = self.config.default_provider
+        out = [
+            ProviderInfo(
+                name=p.name,
+                type=p.type,
+                base_url=p.base_url,
+                default_model=p.default_model,
+                has_credential=p.has_credential(),
+                credential_env=p.api_key_env,
+                is_default=p.name == default,
+            )
+            for p in sorted(self.config.providers.values(), key=lambda p: p.name)
+        ]
+        out.append(ProviderInfo(SCRIPTED, SCRIPTED, None, None, True, None, default == SCRIPTED))
+        return out
+
+    async def aclose(self) -> None:
+        for provider in self._instances.values():
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:  # noqa: BLE001 - closing idle HTTP pools is best effort
+                    log.warning("provider_close_failed", provider=provider.name)

@@ -164,3 +164,9 @@ class Provider(Protocol):
     retry_policy: RetryPolicy
 
     def stream(self, request: ModelRequest) -> AsyncIterator[Delta]: ...
+
+
+def turn_timeout_s(provider: Provider) -> float | None:
+    """A provider's whole-turn time limit, when its configuration sets one."""
+    config = getattr(provider, "config", None)
+    return getattr(config, "turn_timeout_s", None)

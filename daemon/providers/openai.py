@@ -47,11 +47,16 @@ from daemon.providers.base import (
     ToolUseStart,
     UsageReport,
 )
+import httpx
+
 from daemon.providers.http import (
     HTTPProvider,
     Redactor,
+    _read_limited,
     decode_event_json,
+    error_from_exception,
     error_from_payload,
+    error_from_response,
     incomplete_stream,
     with_missing_tool_results,
 )
@@ -117,6 +122,26 @@ class OpenAIProvider(HTTPProvider):
         if self.config.api_key:
             return {"authorization": f"Bearer {self.config.api_key}"}
         return {}
+
+    async def discover_model(self) -> str | None:
+        """The first model a compatible server lists at ``GET /models``.
+
+        Used only when nothing names a model: llama.cpp and vLLM serve exactly one, and
+        Ollama lists what is installed, so ``OPENAI_BASE_URL`` alone is enough to chat.
+        """
+        url = self.config.base_url.rstrip("/") + "/models"
+        try:
+            response = await self._http_client().get(url, headers={**self.build_headers(), **self.config.headers})
+            body = await _read_limited(response)
+        except httpx.HTTPError as exc:
+            raise error_from_exception(self.name, exc, self._redact, host=urlsplit(url).netloc) from None
+        if response.status_code >= 300:
+            raise error_from_response(self.name, response.status_code, response.headers, body, self._redact)
+        try:
+            models = msgspec.json.decode(body).get("data") or []
+            return str(models[0]["id"]) if models else None
+        except (msgspec.DecodeError, AttributeError, KeyError, TypeError, IndexError):
+            return None
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Delta]:
         if not self.config.api_key and self.config.is_official_endpoint():
