@@ -40,7 +40,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         Writer(out_fd), max_line_bytes=options.max_line_bytes, shutdown_grace_s=options.shutdown_grace_s
     )
     connection.writer.on_broken = connection.stop_reading
-    service = SessionService(store, load_providers(options.config), connection)
+    service = SessionService(store, load_providers(options.config), connection, channel=connection)
     store.on_open = service.recover
     connection.on_shutdown = service.interrupt_all
     connection.dispatcher = Dispatcher(
@@ -49,6 +49,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
     log.info("started", db=str(options.db) if options.db else ":memory:", max_line_bytes=options.max_line_bytes)
 
     async with anyio.create_task_group() as root:
+        service.spawn = root.start_soon
         root.start_soon(connection.writer.run)
         await root.start(store.run)
         root.start_soon(_watch_signals, connection)

@@ -35,6 +35,7 @@ def build_handlers(
         client.info = p.client_info
         if p.capabilities is not None:
             client.capabilities = p.capabilities
+            connection.tool_execute = p.capabilities.tool_execute
         if p.client_info is not None:
             ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
         assert connection.dispatcher is not None
@@ -83,6 +84,9 @@ def build_handlers(
     async def stage(p: t.StageToolResultsParams, ctx: RequestContext) -> t.StageToolResultsResult:
         return await service.stage_tool_results(p)
 
+    async def set_tools(p: t.SetToolsParams, ctx: RequestContext) -> t.SetToolsResult:
+        return await service.set_tools(p)
+
     async def providers_list(p: t.ProvidersListParams, ctx: RequestContext) -> t.ProvidersListResult:
         registry = service.providers
         error = registry.config_error
@@ -104,5 +108,6 @@ def build_handlers(
         "session/archive": archive,
         "session/append_system_context": append,
         "session/stage_tool_results": stage,
+        "session/set_tools": set_tools,
         "providers/list": providers_list,
     }

@@ -109,6 +109,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (session_id, tool_use_id)
     ) WITHOUT ROWID;
     """,
+    # v2: per-session tool timeout (issue 4)
+    """
+    ALTER TABLE sessions ADD COLUMN tool_timeout_ms INTEGER NOT NULL DEFAULT 120000;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

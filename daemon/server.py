@@ -23,6 +23,7 @@ from protocol.methods import CLIENT_NOTIFICATIONS
 from .clock import now_ms
 from .dispatch import Dispatcher
 from .stdio import Writer, read_chunks
+from .tools import ClientError, ClientGone
 
 log = structlog.get_logger("warren.server")
 
@@ -36,6 +37,24 @@ class _EventNotification(msgspec.Struct, kw_only=True):
 _event_encoder = msgspec.json.Encoder()
 
 
+class _Outbound:
+    """A request the daemon sent to the client, waiting for its response."""
+
+    __slots__ = ("done", "result", "error", "gone")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: Any = None
+        self.gone = False
+
+
+def _client_error_text(error: Any) -> str:
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return f"The client's tool/execute failed: {error['message']}"
+    return "The client's tool/execute failed"
+
+
 class Connection:
     def __init__(self, writer: Writer, *, max_line_bytes: int, shutdown_grace_s: float = 5.0) -> None:
         self.writer = writer
@@ -47,12 +66,58 @@ class Connection:
         self._stop_reading = anyio.CancelScope()
         self._tasks: anyio.abc.TaskGroup | None = None
         self.client_gone = False
+        self.tool_execute = False  # the client's capabilities.tool_execute, set by initialize
+        self._outbound: dict[str, _Outbound] = {}
+        self._next_outbound = 0
 
     # ------------------------------------------------------------------ events
 
     async def session_event(self, session_id: str, turn_id: str | None, seq: int, event: Event) -> None:
         note = _EventNotification(params=SessionEventParams(session_id, turn_id, seq, now_ms(), event))
         await self.writer.send(_event_encoder.encode(note) + b"\n")
+
+    # ------------------------------------------------------------------ requests to the client
+
+    def supports_tool_execute(self) -> bool:
+        return self.tool_execute and not self.client_gone
+
+    async def call_client(self, method: str, params: dict[str, Any], timeout_s: float) -> Any:
+        """Send a request to the client and wait for its response (see ``tools.ClientChannel``)."""
+        if self.client_gone:
+            raise ClientGone()
+        self._next_outbound += 1
+        id_ = f"warren-{self._next_outbound}"
+        waiter = self._outbound[id_] = _Outbound()
+        answered = False
+        try:
+            await self.writer.send(jsonrpc.encode_request(id_, method, params))
+            with anyio.fail_after(timeout_s):
+                await waiter.done.wait()
+            answered = True
+        finally:
+            del self._outbound[id_]
+            if not answered and not self.client_gone:
+                with anyio.CancelScope(shield=True):
+                    await self.writer.send(jsonrpc.encode_notification("$/cancelRequest", {"id": id_}))
+        if waiter.gone:
+            raise ClientGone()
+        if waiter.error is not None:
+            raise ClientError(_client_error_text(waiter.error))
+        return waiter.result
+
+    def _client_response(self, response: jsonrpc.Response) -> None:
+        waiter = self._outbound.get(response.id) if isinstance(response.id, str) else None
+        if waiter is None or waiter.done.is_set():
+            log.warning("unexpected_response", id=response.id)
+            return
+        waiter.result, waiter.error = response.result, response.error
+        waiter.done.set()
+
+    def _client_went_away(self) -> None:
+        self.client_gone = True
+        for waiter in self._outbound.values():
+            waiter.gone = True
+            waiter.done.set()
 
     # ------------------------------------------------------------------ serving
 
@@ -67,6 +132,7 @@ class Connection:
             self._tasks = tasks
             with self._stop_reading:
                 await self._read_loop(in_fd)
+            self._client_went_away()
             log.info("input_closed", inflight=len(self._inflight))
             if self.on_shutdown is not None:
                 with anyio.move_on_after(self.shutdown_grace_s):
@@ -102,11 +168,11 @@ class Connection:
         if isinstance(message, jsonrpc.Batch):
             self._tasks.start_soon(self._run_batch, message)
         elif isinstance(message, jsonrpc.Request):
-            error = self._admit(message)
-            if error is not None:
-                await self._send_error(message.id, error)
+            admitted = self._admit(message)
+            if isinstance(admitted, ErrorObject):
+                await self._send_error(message.id, admitted)
             else:
-                self._tasks.start_soon(self._run_single, message)
+                self._tasks.start_soon(self._run_single, message, admitted)
         else:
             await self._handle_other(message)
 
@@ -122,13 +188,17 @@ class Connection:
                 assert self._tasks is not None
                 self._tasks.start_soon(self._run_notification, message)
         elif isinstance(message, jsonrpc.Response):
-            log.info("unexpected_response", id=message.id)
+            self._client_response(message)
 
     def _notification(self, message: jsonrpc.Notification) -> None:
         if message.method == "$/cancelRequest":
             params = message.params if isinstance(message.params, dict) else {}
-            scope = self._inflight.get(params.get("id"))
-            log.info("cancel_request", id=params.get("id"), found=scope is not None)
+            id_ = params.get("id")
+            # Only a valid request id can name a request (and a list would not even hash;
+            # ``true`` or ``1.0`` must not cancel request ``1``).
+            valid = isinstance(id_, str) or (isinstance(id_, int) and not isinstance(id_, bool))
+            scope = self._inflight.get(id_) if valid else None
+            log.info("cancel_request", id=id_ if valid else None, found=scope is not None)
             if scope is not None:
                 scope.cancel()
 
@@ -138,20 +208,23 @@ class Connection:
             while any(k != own_id for k in self._inflight):
                 await anyio.sleep(0.01)
 
-    def _admit(self, request: jsonrpc.Request) -> ErrorObject | None:
+    def _admit(self, request: jsonrpc.Request) -> ErrorObject | anyio.CancelScope:
+        """Refuse a duplicate in-flight id, or register the request as in flight right away
+        (not when its task first runs: two lines read in one chunk must not both pass)."""
         if request.id is not None and request.id in self._inflight:
             return error_object(
                 "INVALID_REQUEST",
                 f"Invalid request: id {request.id!r} is already in flight; use a fresh id per request",
             )
-        return None
-
-    # ------------------------------------------------------------------ running
-
-    async def _call(self, request: jsonrpc.Request) -> bytes:
         scope = anyio.CancelScope()
         if request.id is not None:
             self._inflight[request.id] = scope
+        return scope
+
+    # ------------------------------------------------------------------ running
+
+    async def _call(self, request: jsonrpc.Request, scope: anyio.CancelScope) -> tuple[bytes, bool]:
+        """Run an admitted request; returns its response line and whether it succeeded."""
         try:
             assert self.dispatcher is not None
             with scope:
@@ -159,18 +232,18 @@ class Connection:
             if scope.cancelled_caught:
                 return jsonrpc.encode_error(
                     request.id, error_object("REQUEST_CANCELLED", "Request cancelled by $/cancelRequest")
-                )
+                ), False
             if error is not None:
-                return jsonrpc.encode_error(request.id, error)
-            return jsonrpc.encode_result(request.id, result)
+                return jsonrpc.encode_error(request.id, error), False
+            return jsonrpc.encode_result(request.id, result), True
         finally:
             if request.id is not None and self._inflight.get(request.id) is scope:
                 del self._inflight[request.id]
 
-    async def _run_single(self, request: jsonrpc.Request) -> None:
-        line = await self._call(request)
+    async def _run_single(self, request: jsonrpc.Request, scope: anyio.CancelScope) -> None:
+        line, ok = await self._call(request, scope)
         await self.writer.send(line)
-        if request.method == "shutdown" and line.find(b'"result"') >= 0:
+        if request.method == "shutdown" and ok:
             self.stop_reading()
 
     async def _run_notification(self, note: jsonrpc.Notification) -> None:
@@ -178,33 +251,38 @@ class Connection:
         result, error = await self.dispatcher.call(None, note.method, note.params)
         if error is not None:
             log.info("notification_failed", method=note.method, code=error.data.get("code"))
+        elif note.method == "shutdown":
+            self.stop_reading()  # a client that wants no answer still wants the daemon to stop
 
     async def _run_batch(self, batch: jsonrpc.Batch) -> None:
         parts: list[bytes | None] = [None] * len(batch.messages)
+        shutdown = False
 
-        async def run(i: int, request: jsonrpc.Request) -> None:
-            parts[i] = await self._call(request)
+        async def run(i: int, request: jsonrpc.Request, scope: anyio.CancelScope) -> None:
+            nonlocal shutdown
+            parts[i], ok = await self._call(request, scope)
+            shutdown = shutdown or (ok and request.method == "shutdown")
 
         async with anyio.create_task_group() as tasks:
             for i, message in enumerate(batch.messages):
                 if isinstance(message, jsonrpc.Request):
-                    error = self._admit(message)
-                    if error is not None:
-                        parts[i] = jsonrpc.encode_error(message.id, error)
+                    admitted = self._admit(message)
+                    if isinstance(admitted, ErrorObject):
+                        parts[i] = jsonrpc.encode_error(message.id, admitted)
                     else:
-                        tasks.start_soon(run, i, message)
+                        tasks.start_soon(run, i, message, admitted)
                 elif isinstance(message, jsonrpc.Invalid):
                     parts[i] = jsonrpc.encode_error(message.id, message.error)
                 elif isinstance(message, jsonrpc.Notification) and message.method in CLIENT_NOTIFICATIONS:
                     self._notification(message)
                 elif isinstance(message, jsonrpc.Notification):
                     tasks.start_soon(self._run_notification, message)
-                else:
-                    log.info("unexpected_response", id=getattr(message, "id", None))
+                elif isinstance(message, jsonrpc.Response):
+                    self._client_response(message)
         answered = [p for p in parts if p is not None]
         if answered:
             await self.writer.send(jsonrpc.encode_batch(answered))
-        if any(isinstance(m, jsonrpc.Request) and m.method == "shutdown" for m in batch.messages):
+        if shutdown:
             self.stop_reading()
 
     async def _send_error(self, id_: Any, error: ErrorObject) -> None:

@@ -30,9 +30,12 @@ from protocol.types import (
     SessionListResult,
     SessionSummary,
     SessionView,
+    SetToolsParams,
+    SetToolsResult,
     StageToolResultsParams,
     StageToolResultsResult,
     TextBlock,
+    ToolOverlay,
     ToolResultBlock,
     TurnInterruptParams,
     TurnStartParams,
@@ -43,16 +46,25 @@ from .clock import new_id, now_ms
 from .events import RESERVATION, EventSink
 from .providers import ProviderRegistry
 from .store import Store
+from .tools import ClientChannel, check_tool_defs
 from .turns import Turn, TurnSetup
 
 log = structlog.get_logger("warren.service")
 
 
 class SessionService:
-    def __init__(self, store: Store, providers: ProviderRegistry, sink: EventSink) -> None:
+    def __init__(
+        self,
+        store: Store,
+        providers: ProviderRegistry,
+        sink: EventSink,
+        channel: ClientChannel | None = None,
+    ) -> None:
         self.store = store
         self.providers = providers
         self.sink = sink
+        self.channel = channel
+        self.spawn: Any = None  # starts background tasks in the daemon's root task group
         self.turns: dict[str, Turn] = {}  # session_id -> the turn this process runs
         self._claimed: set[str] = set()  # turn ids this process has claimed, running or about to
         self.accepting = True
@@ -85,7 +97,7 @@ class SessionService:
         defer = p.initial_turn == "defer"
         if not defer and p.prompt is None:
             raise errors.InvalidRequest.at("$.prompt", 'required unless initial_turn is "defer"')
-        self._check_tools(p)
+        check_tool_defs(p.tools)
         provider, model = self.providers.resolve(p.provider, p.model)
         self.providers.check_params(provider, p.provider_params, "$.provider_params")
         now = now_ms()
@@ -110,6 +122,7 @@ class SessionService:
             next_seq=1,
             running_turn_id=None,
             running_owner=None,
+            tool_timeout_ms=p.tool_timeout_ms or 120_000,
         )
         if defer:
             self._check_accepting()
@@ -118,16 +131,6 @@ class SessionService:
             return DeferredCreateResult(row.session_id, row.created_at_ms)
         log.info("session_created", session_id=row.session_id, provider=provider, deferred=False)
         return await self._run_turn(row.session_id, p.prompt or "", new_session=row)
-
-    @staticmethod
-    def _check_tools(p: SessionCreateParams) -> None:
-        seen: set[str] = set()
-        for i, tool in enumerate(p.tools):
-            if tool.name in seen:
-                raise errors.InvalidRequest.at(f"$.tools[{i}].name", f"duplicate tool name {tool.name!r}")
-            seen.add(tool.name)
-            if tool.input_schema.get("type", "object") != "object":
-                raise errors.InvalidRequest.at(f"$.tools[{i}].input_schema.type", 'must be "object"')
 
     async def start_turn(self, p: TurnStartParams) -> RunResult:
         if p.provider_params is not None:
@@ -140,6 +143,7 @@ class SessionService:
             model=p.model,
             max_tokens=p.max_tokens,
             provider_params=p.provider_params,
+            overlay=p.turn_tool_overlay,
         )
 
     def _check_accepting(self) -> None:
@@ -156,6 +160,7 @@ class SessionService:
         model: str | None = None,
         max_tokens: int | None = None,
         provider_params: dict[str, Any] | None = None,
+        overlay: ToolOverlay | None = None,
     ) -> RunResult:
         self._check_accepting()
         turn_id = new_id()
@@ -242,8 +247,13 @@ class SessionService:
             next_seq=row.next_seq,
             seq_reserved=row.next_seq + RESERVATION,
             applied_context=applied,
+            overlay=overlay,
+            budget=row.budget,
+            tool_timeout_ms=row.tool_timeout_ms,
         )
-        turn = self.turns[session_id] = Turn(setup, self.providers, self.store, self.sink)
+        turn = self.turns[session_id] = Turn(
+            setup, self.providers, self.store, self.sink, self.channel, self.spawn
+        )
         if not self.accepting:
             turn.scope.cancel()  # claimed while shutdown began: interrupt it like the others
         log.info("turn_started", session_id=session_id, turn_id=turn_id, provider=row.provider)
@@ -354,6 +364,26 @@ class SessionService:
 
         await self.store.write(unit)
         return ArchiveResult(session_id)
+
+    async def set_tools(self, p: SetToolsParams) -> SetToolsResult:
+        check_tool_defs(p.tools)
+
+        async def unit(db: Any) -> int:
+            row = await tables.get_session(db, p.session_id)
+            if row is None or row.archived:
+                raise errors.NotFound(p.session_id)
+            if row.running_turn_id is not None and self._owner_alive(row.running_owner, row.running_turn_id):
+                raise errors.Busy(
+                    p.session_id,
+                    row.running_turn_id,
+                    f"Session {p.session_id!r} is running turn {row.running_turn_id!r}: tools change between turns",
+                )
+            timeout = p.tool_timeout_ms or row.tool_timeout_ms
+            await tables.update_session(db, p.session_id, tools=list(p.tools), tool_timeout_ms=timeout)
+            return timeout
+
+        timeout = await self.store.write(unit)
+        return SetToolsResult(p.session_id, [t.name for t in p.tools], timeout)
 
     async def append_system_context(self, p: AppendSystemContextParams) -> AppendSystemContextResult:
         async def unit(db: Any) -> str:

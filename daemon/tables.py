@@ -47,6 +47,7 @@ class SessionRow:
     next_seq: int
     running_turn_id: str | None
     running_owner: str | None
+    tool_timeout_ms: int = 120_000
 
 
 _SESSION_COLUMNS = """
@@ -54,7 +55,7 @@ _SESSION_COLUMNS = """
     s.max_tokens, s.labels, s.archived, s.message_count, s.input_tokens, s.output_tokens,
     s.cache_read_tokens, s.cache_write_tokens, s.last_assistant_text, s.budget,
     s.provider_params, s.provider_state, s.staged_prompt, s.tools, s.next_seq,
-    t.turn_id, t.owner
+    t.turn_id, t.owner, s.tool_timeout_ms
 """
 _SESSION_FROM = "sessions s LEFT JOIN turns t ON t.session_id = s.session_id AND t.status = 'running'"
 
@@ -85,6 +86,7 @@ def _session(row: Any) -> SessionRow:
         next_seq=row[20],
         running_turn_id=row[21],
         running_owner=row[22],
+        tool_timeout_ms=row[23],
     )
 
 
@@ -99,8 +101,8 @@ async def insert_session(db: Any, row: SessionRow) -> None:
     await db.execute(
         """INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, provider, model,
                system_prompt, max_tokens, labels, budget, provider_params, provider_state,
-               staged_prompt, tools, next_seq)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               staged_prompt, tools, next_seq, tool_timeout_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             row.session_id,
             row.created_at_ms,
@@ -116,6 +118,7 @@ async def insert_session(db: Any, row: SessionRow) -> None:
             row.staged_prompt,
             dumps(row.tools),
             row.next_seq,
+            row.tool_timeout_ms,
         ),
     )
     if row.labels:

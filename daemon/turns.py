@@ -12,13 +12,14 @@ from __future__ import annotations
 import random
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import msgspec
 import structlog
 
 from protocol.events import (
+    BudgetWarning,
     Event,
     ReasoningDelta as ReasoningDeltaEvent,
     Retrying,
@@ -32,6 +33,8 @@ from protocol.events import (
 )
 from protocol.types import (
     Block,
+    Budget,
+    BudgetUse,
     Message,
     ReasoningBlock,
     RunResult,
@@ -39,6 +42,8 @@ from protocol.types import (
     TextBlock,
     ToolCall,
     ToolDef,
+    ToolOverlay,
+    ToolResultBlock,
     ToolUseBlock,
     Usage,
 )
@@ -48,6 +53,7 @@ from .clock import now_ms
 from .events import RESERVATION, EventSink
 from .providers import ProviderRegistry, base
 from .store import Store
+from .tools import ClientChannel, StepRunner, offered
 
 log = structlog.get_logger("warren.turns")
 
@@ -71,6 +77,9 @@ class TurnSetup:
     next_seq: int
     seq_reserved: int
     applied_context: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    overlay: ToolOverlay | None = None
+    budget: Budget | None = None
+    tool_timeout_ms: int = 120_000
 
 
 @dataclass
@@ -161,10 +170,22 @@ def _arguments(parts: list[str]) -> dict[str, Any]:
 
 
 class Turn:
-    """A running turn. ``scope`` is cancelled by ``turn/interrupt`` and by shutdown."""
+    """A running turn. ``scope`` is cancelled by ``turn/interrupt`` and by shutdown.
+
+    The loop: a model call; if the model asked for tools and the client executes them, run
+    them, commit their results as one ``tool`` message, and call the model again; until the
+    model stops asking, a budget runs out, or the turn is interrupted. Without a client that
+    executes tools the turn ends with ``tool_use`` and the calls wait for staged results.
+    """
 
     def __init__(
-        self, setup: TurnSetup, providers: ProviderRegistry, store: Store, sink: EventSink
+        self,
+        setup: TurnSetup,
+        providers: ProviderRegistry,
+        store: Store,
+        sink: EventSink,
+        channel: ClientChannel | None = None,
+        spawn: Callable[..., None] | None = None,
     ) -> None:
         self.setup = setup
         self.session_id = setup.session_id
@@ -173,6 +194,8 @@ class Turn:
         self.provider: base.Provider | None = None
         self.store = store
         self.sink = sink
+        self.channel = channel
+        self.spawn = spawn
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.seq = setup.next_seq
@@ -183,36 +206,77 @@ class Turn:
         self.tool_calls: list[ToolCall] = []
         self.last_text = ""
         self.current: CallOutput | None = None
+        self.step: StepRunner | None = None
         self.result: RunResult | None = None
         self.deadline = anyio.CancelScope()
         self.deadline_s: float | None = None
+        self.budget_clock = anyio.CancelScope()
+        self.started_at = anyio.current_time()
+        self.warned: set[str] = set()
+        self.exhausted: BudgetUse | None = None
+        self._emit_lock = anyio.Lock()
         self.log = log.bind(session_id=self.session_id, turn_id=self.turn_id)
 
     # ------------------------------------------------------------------ events
 
     async def emit(self, event: Event) -> None:
-        if self.seq >= self.seq_reserved:
-            target = self.seq + RESERVATION
-            await self.store.write(lambda db: tables.update_session(db, self.session_id, next_seq=target))
-            self.seq_reserved = target
-        seq = self.seq
-        self.seq += 1
-        await self.sink.session_event(self.session_id, self.turn_id, seq, event)
+        """Send one event. Tool calls and the budget timer emit concurrently with the
+        loop, so allocation and sending are one step: ``seq`` order is wire order."""
+        async with self._emit_lock:
+            if self.seq >= self.seq_reserved:
+                target = self.seq + RESERVATION
+                await self.store.write(lambda db: tables.update_session(db, self.session_id, next_seq=target))
+                self.seq_reserved = target
+            seq = self.seq
+            self.seq += 1
+            await self.sink.session_event(self.session_id, self.turn_id, seq, event)
 
     async def _emit_context(self, applied: list[tuple[str, str | None, str | None]]) -> None:
         for _text, source, key in applied:
             await self.emit(SystemContextApplied(source, key))
 
+    # ------------------------------------------------------------------ budgets
+
+    async def _warn(self, budget: str, used: int, limit: int | None) -> None:
+        """Emit ``budget_warning`` once per budget, when use reaches 80 % of its limit."""
+        if limit is not None and used >= 0.8 * limit and budget not in self.warned:
+            self.warned.add(budget)
+            await self.emit(BudgetWarning(budget, used, limit))
+
+    def _elapsed_ms(self) -> int:
+        return int((anyio.current_time() - self.started_at) * 1000)
+
+    async def _duration_warning(self, at_s: float, limit_ms: int) -> None:
+        with self.budget_clock:
+            await anyio.sleep_until(self.started_at + at_s)
+            if not self.done.is_set() and "max_turn_duration_ms" not in self.warned:
+                self.warned.add("max_turn_duration_ms")
+                await self.emit(BudgetWarning("max_turn_duration_ms", self._elapsed_ms(), limit_ms))
+
     # ------------------------------------------------------------------ running
 
     async def run(self) -> RunResult:
         failure: BaseException
+        budget = self.setup.budget
+        limit_ms = budget.max_turn_duration_ms if budget else None
         try:
             result: RunResult | None = None
             try:
                 with self.scope:
                     with anyio.CancelScope() as self.deadline:
-                        result = await self._loop()
+                        with anyio.CancelScope() as duration:
+                            if limit_ms is not None:
+                                duration.deadline = self.started_at + limit_ms / 1000
+                                if self.spawn is not None:
+                                    self.spawn(self._duration_warning, limit_ms * 0.8 / 1000, limit_ms)
+                            result = await self._loop()
+                        if duration.cancelled_caught:
+                            assert limit_ms is not None
+                            used = max(self._elapsed_ms(), limit_ms)
+                            self.exhausted = BudgetUse("max_turn_duration_ms", used, limit_ms)
+                            with anyio.CancelScope(shield=True):
+                                await self._warn("max_turn_duration_ms", used, limit_ms)
+                                result = await self._finish_interrupted("budget_exhausted")
                     if self.deadline.cancelled_caught:
                         raise errors.ProviderFailed(
                             f"{self.setup.provider}: the turn exceeded its time limit of {self.deadline_s:g} s",
@@ -222,7 +286,7 @@ class Turn:
                         )
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    await self._finish_interrupted()
+                    await self._finish_interrupted("interrupted")
                 raise
             except base.ProviderError as exc:
                 failure = errors.ProviderFailed(
@@ -241,16 +305,16 @@ class Turn:
             except Exception as exc:  # noqa: BLE001 - becomes INTERNAL_ERROR with an error_id
                 failure = exc
             else:
-                if result is not None:
-                    self.result = result
-                    return result
-                with anyio.CancelScope(shield=True):
-                    self.result = await self._finish_interrupted()
-                return self.result
+                if result is None:
+                    with anyio.CancelScope(shield=True):
+                        result = await self._finish_interrupted("interrupted")
+                self.result = result
+                return result
             with anyio.CancelScope(shield=True):
                 await self._finish_failed(failure)
             raise failure
         finally:
+            self.budget_clock.cancel()
             self.done.set()
 
     async def _loop(self) -> RunResult | None:
@@ -262,22 +326,52 @@ class Turn:
         self.history = await self.store.read(lambda db: tables.all_messages(db, self.session_id))
         if setup.model is None:
             await self._discover_model()
-        await self.emit(TurnStarted(setup.provider, setup.model))
+        tools = offered(setup.tools, setup.overlay)
+        await self.emit(TurnStarted(setup.provider, setup.model, [t.name for t in tools]))
         await self._emit_context(setup.applied_context)
+        budget = setup.budget or Budget()
+        executes = self.channel is not None and self.channel.supports_tool_execute()
         while True:
-            output = await self._model_call()
+            output = await self._model_call(tools)
             calls = output.tool_calls()
             stop: StopReason = "tool_use" if calls else _stop_reason(output.stop)
+            tokens = (self.usage + (output.usage or Usage.zero())).total_tokens
+            await self._warn("max_tokens", tokens, budget.max_tokens)
+            if calls:
+                # Budgets only stop a turn that would go on: a final answer stands.
+                used_calls = len(self.tool_calls) + len(calls)
+                await self._warn("max_tool_calls", used_calls, budget.max_tool_calls)
+                if budget.max_tokens is not None and tokens >= budget.max_tokens:
+                    self.exhausted = BudgetUse("max_tokens", tokens, budget.max_tokens)
+                elif budget.max_tool_calls is not None and used_calls > budget.max_tool_calls:
+                    self.exhausted = BudgetUse("max_tool_calls", used_calls, budget.max_tool_calls)
+                if self.exhausted is not None:
+                    stop = "budget_exhausted"
+            final = stop != "tool_use" or not executes
             with anyio.CancelScope(shield=True):
-                applied = await self._commit_call(output, stop)
+                refused = [
+                    ToolResultBlock(c.tool_use_id, f"Not run: the turn's {self.exhausted.budget} budget is exhausted", True)
+                    for c in calls
+                ] if stop == "budget_exhausted" and self.exhausted else []
+                applied = await self._commit_call(output, stop if final else None, refused)
                 self.current = None
                 if output.usage is not None:
                     await self.emit(UsageReported(output.usage))
                 for call in calls:
                     await self.emit(ToolCallRequested(call.tool_use_id, call.name, call.arguments))
                 await self._emit_context(applied)
-                await self.emit(TurnCompleted(stop, self.usage))
-                return self._result(stop, pending=calls)
+                if final:
+                    await self.emit(TurnCompleted(stop, self.usage))
+                    return self._result(stop, pending=calls if stop == "tool_use" else [])
+            assert self.channel is not None
+            self.step = StepRunner(
+                calls, tools, self.channel, self.session_id, self.turn_id, setup.tool_timeout_ms, self.emit
+            )
+            results = await self.step.run()
+            with anyio.CancelScope(shield=True):
+                applied = await self._commit_tool_results(results)
+                self.step = None
+                await self._emit_context(applied)
 
     async def _discover_model(self) -> None:
         """Ask a compatible server which model it serves, and remember the answer."""
@@ -292,13 +386,13 @@ class Turn:
         self.setup.model = model
         await self.store.write(lambda db: tables.update_session(db, self.session_id, model=model))
 
-    async def _model_call(self) -> CallOutput:
+    async def _model_call(self, tools: list[ToolDef]) -> CallOutput:
         s = self.setup
         request = base.ModelRequest(
             model=s.model,
             system=s.system,
             messages=self.history,
-            tools=s.tools,
+            tools=tools,
             max_tokens=s.max_tokens,
             provider_params=s.provider_params,
             state=s.provider_state,
@@ -336,87 +430,111 @@ class Turn:
             return None
         return Message(self.message_count, "assistant", content, now_ms(), self.turn_id)
 
-    async def _commit_call(self, output: CallOutput, stop: StopReason) -> list[tuple[str, str | None, str | None]]:
-        """Commit a finished model call and end the turn, in one unit."""
-        message = self._assistant(output, partial=False)
-        usage = output.usage or Usage.zero()
-        pending = output.tool_calls() if stop == "tool_use" else []
+    def _tool_message(self, results: list[ToolResultBlock], index: int) -> Message:
+        return Message(index, "tool", list(results), now_ms(), self.turn_id)
+
+    async def _commit(
+        self,
+        new: list[Message],
+        *,
+        usage: Usage = Usage.zero(),
+        end: tuple[str, StopReason | None] | None = None,
+        pending: list[ToolCall] = [],
+        events_after: int = 0,
+        last_text: str | None = None,
+    ) -> list[tuple[str, str | None, str | None]]:
+        """One unit: append ``new`` plus any staged system context, add usage, and either
+        keep the turn running or end it (``end = (status, stop_reason)``)."""
         sid = self.session_id
 
         async def unit(db: Any) -> list[tuple[str, str | None, str | None]]:
             now = now_ms()
-            new = [message] if message else []
+            messages = list(new)
             applied = await tables.take_staged_system_context(db, sid)
-            base_index = self.message_count + len(new)
-            new += [
+            base_index = self.message_count + len(messages)
+            messages += [
                 Message(base_index + i, "system", [TextBlock(text)], now, self.turn_id, source)
                 for i, (text, source, _key) in enumerate(applied)
             ]
-            await tables.append_messages(db, sid, new)
+            await tables.append_messages(db, sid, messages)
             await tables.add_usage(db, sid, usage)
             if pending:
                 await tables.set_pending_tool_calls(db, sid, pending)
             fields: dict[str, Any] = {
-                "message_count": self.message_count + len(new),
+                "message_count": self.message_count + len(messages),
                 "updated_at_ms": now,
                 "provider_state": self.setup.provider_state,
-                # events still to come: usage, tool calls, applied context, turn_completed
-                "next_seq": self.seq + (output.usage is not None) + len(pending) + len(applied) + 1,
             }
-            text = output.text()
-            if text:
-                fields["last_assistant_text"] = text
+            if end is not None:
+                # the exact next seq: the events still to come, applied context, turn_completed
+                fields["next_seq"] = self.seq + events_after + len(applied) + 1
+            else:
+                fields["next_seq"] = self.seq + RESERVATION
+            if last_text:
+                fields["last_assistant_text"] = last_text
             await tables.update_session(db, sid, **fields)
-            await tables.end_turn(db, self.turn_id, status="completed", stop_reason=stop,
-                                  usage=self.usage + usage, now_ms=now)
-            self.history.extend(new)
-            self.message_count += len(new)
+            if end is not None:
+                await tables.end_turn(db, self.turn_id, status=end[0], stop_reason=end[1],
+                                      usage=self.usage + usage, now_ms=now)
+            self.history.extend(messages)
+            self.message_count += len(messages)
             return applied
 
         applied = await self.store.write(unit)
+        if end is None:
+            self.seq_reserved = self.seq + RESERVATION
         self.usage = self.usage + usage
-        self.last_text = output.text()
-        self.tool_calls.extend(output.tool_calls())
         return applied
 
-    async def _finish_interrupted(self) -> RunResult:
-        """Commit the partial output and close the turn as interrupted."""
+    async def _commit_call(
+        self, output: CallOutput, stop: StopReason | None, refused: list[ToolResultBlock]
+    ) -> list[tuple[str, str | None, str | None]]:
+        """Commit a finished model call; with ``stop`` set this also ends the turn."""
+        message = self._assistant(output, partial=False)
+        new = [message] if message else []
+        if refused:
+            new.append(self._tool_message(refused, self.message_count + len(new)))
+        calls = output.tool_calls()
+        applied = await self._commit(
+            new,
+            usage=output.usage or Usage.zero(),
+            end=None if stop is None else ("completed", stop),
+            pending=calls if stop == "tool_use" else [],
+            events_after=(output.usage is not None) + len(calls),
+            last_text=output.text(),
+        )
+        self.last_text = output.text()
+        self.tool_calls.extend(calls)
+        return applied
+
+    async def _commit_tool_results(self, results: list[ToolResultBlock]) -> list[tuple[str, str | None, str | None]]:
+        return await self._commit([self._tool_message(results, self.message_count)])
+
+    async def _finish_interrupted(self, stop: StopReason) -> RunResult:
+        """Commit what the cut-short step produced and end the turn with ``stop``
+        (``interrupted``, or ``budget_exhausted`` when the turn's time ran out)."""
+        new: list[Message] = []
         output = self.current
-        message = self._assistant(output, partial=True) if output else None
+        if output is not None:
+            message = self._assistant(output, partial=True)
+            if message is not None:
+                new.append(message)
+        if self.step is not None:
+            cause = "interrupted" if stop == "interrupted" else "cancelled: the turn's time budget ran out"
+            new.append(self._tool_message(self.step.ordered(f"Tool call {cause}"), self.message_count + len(new)))
         usage = (output.usage if output else None) or Usage.zero()
-        sid = self.session_id
-
-        async def unit(db: Any) -> None:
-            now = now_ms()
-            fields: dict[str, Any] = {
-                "updated_at_ms": now,
-                "provider_state": self.setup.provider_state,
-                "next_seq": self.seq + 1,
-            }
-            if message:
-                await tables.append_messages(db, sid, [message])
-                fields["message_count"] = self.message_count + 1
-                if output and output.text():
-                    fields["last_assistant_text"] = output.text()
-            await tables.add_usage(db, sid, usage)
-            await tables.update_session(db, sid, **fields)
-            await tables.end_turn(db, self.turn_id, status="interrupted", stop_reason="interrupted",
-                                  usage=self.usage + usage, now_ms=now)
-            if message:
-                self.history.append(message)
-                self.message_count += 1
-
+        text = output.text() if output else ""
         try:
-            await self.store.write(unit)
+            await self._commit(new, usage=usage, end=("interrupted" if stop == "interrupted" else "completed", stop),
+                               last_text=text)
         except errors.WarrenError as exc:
             await self.emit(TurnFailed(errors.to_wire(exc)))
             raise
-        self.usage = self.usage + usage
-        if output and output.text():
-            self.last_text = output.text()
-        self.current = None
-        await self.emit(TurnCompleted("interrupted", self.usage))
-        self.result = self._result("interrupted", pending=[])
+        if text:
+            self.last_text = text
+        self.current = self.step = None
+        await self.emit(TurnCompleted(stop, self.usage))
+        self.result = self._result(stop, pending=[])
         return self.result
 
     async def _finish_failed(self, failure: BaseException) -> None:
@@ -425,17 +543,24 @@ class Turn:
             error_id = errors.new_error_id()
             self.log.error("turn_crashed", error_id=error_id, exc_info=failure)
         wire = errors.to_wire(failure, error_id)
+        new = []
+        if self.step is not None:
+            new.append(self._tool_message(self.step.ordered("Tool call abandoned: the turn failed"), self.message_count))
         sid = self.session_id
 
         async def unit(db: Any) -> None:
+            if new:
+                await tables.append_messages(db, sid, new)
             await tables.update_session(
-                db, sid, updated_at_ms=now_ms(), provider_state=self.setup.provider_state, next_seq=self.seq + 1
+                db, sid, updated_at_ms=now_ms(), provider_state=self.setup.provider_state, next_seq=self.seq + 1,
+                message_count=self.message_count + len(new),
             )
             await tables.end_turn(db, self.turn_id, status="failed", stop_reason=None, usage=self.usage,
                                   now_ms=now_ms(), error={"code": wire.data.get("code"), "message": wire.message})
 
         try:
             await self.store.write(unit)
+            self.message_count += len(new)
         except errors.WarrenError as exc:
             self.log.warning("turn_close_failed", reason=getattr(exc, "reason", None))
         self.log.info("turn_failed", code=wire.data.get("code"))
@@ -451,6 +576,7 @@ class Turn:
             usage=self.usage,
             message_count=self.message_count,
             pending_tool_calls=pending,
+            budget=self.exhausted if stop == "budget_exhausted" else None,
         )
 
 

@@ -19,8 +19,12 @@ class Event(Struct, tag_field="type", omit_defaults=True):
 
 
 class TurnStarted(Event, tag="turn_started"):
+    """``tools``: the names of the tools the model is offered in this turn (after the
+    session's tools are narrowed by ``turn_tool_overlay``)."""
+
     provider: str
     model: str | None = None
+    tools: list[str] = []
 
 
 class TextDelta(Event, tag="text_delta"):
@@ -35,6 +39,31 @@ class ToolCallRequested(Event, tag="tool_call_requested"):
     tool_use_id: str
     name: str
     arguments: dict[str, Any]
+
+
+class ToolExecutionStarted(Event, tag="tool_execution_started"):
+    tool_use_id: str
+    name: str
+
+
+class ToolExecutionCompleted(Event, tag="tool_execution_completed"):
+    tool_use_id: str
+    name: str
+    content: str
+    is_error: bool
+    duration_ms: int
+
+
+class ToolExecutionTimedOut(Event, tag="tool_execution_timed_out"):
+    tool_use_id: str
+    name: str
+    timeout_ms: int
+
+
+class BudgetWarning(Event, tag="budget_warning"):
+    budget: str
+    used: int
+    limit: int
 
 
 class SystemContextApplied(Event, tag="system_context_applied"):
@@ -71,6 +100,10 @@ AnyEvent = Union[
     TextDelta,
     ReasoningDelta,
     ToolCallRequested,
+    ToolExecutionStarted,
+    ToolExecutionCompleted,
+    ToolExecutionTimedOut,
+    BudgetWarning,
     SystemContextApplied,
     UsageReported,
     Retrying,

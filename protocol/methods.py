@@ -31,6 +31,7 @@ METHODS: dict[str, MethodSpec] = {
     "session/archive": MethodSpec(t.SessionIdParams, (t.ArchiveResult,)),
     "session/append_system_context": MethodSpec(t.AppendSystemContextParams, (t.AppendSystemContextResult,)),
     "session/stage_tool_results": MethodSpec(t.StageToolResultsParams, (t.StageToolResultsResult,)),
+    "session/set_tools": MethodSpec(t.SetToolsParams, (t.SetToolsResult,)),
     "providers/list": MethodSpec(t.ProvidersListParams, (t.ProvidersListResult,)),
 }
 

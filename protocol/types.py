@@ -176,6 +176,19 @@ class SessionCreateParams(Params):
     tools: list[ToolDef] = []
     budget: Budget | None = None
     provider_params: dict[str, Any] | None = None
+    tool_timeout_ms: PositiveInt | None = None
+
+
+class SetToolsParams(Params):
+    session_id: str
+    tools: list[ToolDef]
+    tool_timeout_ms: PositiveInt | None = None
+
+
+class SetToolsResult(Struct):
+    session_id: str
+    tools: list[str]
+    tool_timeout_ms: int
 
 
 class TurnStartParams(Params):
@@ -228,7 +241,13 @@ class StageToolResultsParams(Params):
     results: Annotated[list[ToolResultInput], Meta(min_length=1)]
 
 
-class RunResult(Struct):
+class BudgetUse(Struct):
+    budget: Literal["max_tokens", "max_tool_calls", "max_turn_duration_ms"]
+    used: int
+    limit: int
+
+
+class RunResult(Struct, omit_defaults=True):
     session_id: str
     turn_id: str
     text: str
@@ -236,7 +255,8 @@ class RunResult(Struct):
     tool_calls: list[ToolCall]
     usage: Usage
     message_count: int
-    pending_tool_calls: list[ToolCall] = []
+    pending_tool_calls: list[ToolCall]
+    budget: BudgetUse | None = None  # the budget that ran out, with stop_reason budget_exhausted
 
 
 class DeferredCreateResult(Struct):

@@ -17,6 +17,7 @@ from .jsonrpc import ABSENT
 T = TypeVar("T", bound=msgspec.Struct)
 
 _AT = re.compile(r"^(.*) - at `(\$[^`]*)`$", re.S)
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`$")
 
 
 class ParamsInvalid(Exception):
@@ -28,7 +29,11 @@ class ParamsInvalid(Exception):
 def split_message(message: str) -> tuple[str, str]:
     """Split msgspec's ``"Expected `int`, got `str` - at `$.limit`"`` into message and path."""
     m = _AT.match(message)
-    return (m.group(1), m.group(2)) if m else (message, "$")
+    text, path = (m.group(1), m.group(2)) if m else (message, "$")
+    unknown = _UNKNOWN.match(text)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}"
+    return text, path
 
 
 def _rebase(path: str, prefix: str) -> str:

@@ -189,6 +189,48 @@ class Daemon:
 
         return self.wait_for(found, timeout, f"event {type_}")
 
+    # ------------------------------------------------------------------ the client side of tool/execute
+
+    def tool_requests(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return [r for r in self.client_requests if r.get("method") == "tool/execute"]
+
+    def wait_tool_requests(self, n: int, timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+        return self.wait_for(lambda: len(self.tool_requests()) >= n and self.tool_requests(), timeout, f"{n} tool/execute")
+
+    def reply(self, id_: Any, result: Any = None, error: Any = None) -> None:
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id_}
+        if error is not None:
+            msg["error"] = error
+        else:
+            msg["result"] = result
+        self.send(msg)
+
+    def auto_answer(self, answer: Any) -> threading.Thread:
+        """Answer every tool/execute with ``answer(request_params) -> result`` until exit."""
+
+        def loop() -> None:
+            seen = 0
+            while True:
+                try:
+                    reqs = self.wait_for(lambda: len(self.tool_requests()) > seen and self.tool_requests(), 60, "tool call")
+                except DaemonError:
+                    return
+                for req in reqs[seen:]:
+                    try:
+                        self.reply(req["id"], answer(req["params"]))
+                    except (BrokenPipeError, ValueError, OSError):
+                        return
+                seen = len(reqs)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        return thread
+
+    def cancels_sent(self) -> list[Any]:
+        with self._cond:
+            return [n["params"]["id"] for n in self.notifications if n.get("method") == "$/cancelRequest"]
+
     # ------------------------------------------------------------------ ending
 
     def close_stdin(self) -> None:
