@@ -1,4 +1,6 @@
 # Every target sets up .venv itself, so a fresh clone needs only `make run` or `make test`.
+# Set-up output goes to stderr: `make run` may be spawned by an editor, and its stdout
+# must carry protocol lines only, even on the first run.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,16 +9,15 @@ STAMP := $(VENV)/.installed
 .PHONY: run test schemas bench clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@$(PYTHON) -m venv $(VENV) 1>&2
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 1>&2
+	@touch $(STAMP)
 
 run: $(STAMP)
 	@$(PY) -m daemon serve $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 -m "not live" $(PYTEST_ARGS)
 
 schemas: $(STAMP)
 	$(PY) -m protocol.schema schemas

@@ -138,7 +138,7 @@ class _TimeoutsFile(Struct, forbid_unknown_fields=True):
 
 
 class _ProviderFile(Struct, forbid_unknown_fields=True):
-    type: ProviderType
+    type: ProviderType = "openai"  # every OpenAI-compatible server, so two lines point at Ollama
     base_url: Annotated[str, Meta(min_length=1)] | None = None
     api_key_env: Annotated[str, Meta(min_length=1)] | None = None
     api_key: str | None = None

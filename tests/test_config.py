@@ -220,7 +220,7 @@ def test_resolve_model() -> None:
     [
         ("[providers.x\n", "invalid TOML"),
         ('[providers.x]\ntype = "gemini"\n', "providers.x.type: Invalid enum value 'gemini'"),
-        ('[providers.x]\nbase_url = "http://a"\n', "providers.x: Object missing required field `type`"),
+        ('[providers.x]\ntype = 3\n', "providers.x.type: Expected `str`, got `int`"),
         ('[providers.x]\ntype = "openai"\nbase_url = 3\n', "providers.x.base_url: Expected `str | null`, got `int`"),
         ('[providers.x]\ntype = "openai"\nmax_retries = "3"\n', "providers.x.max_retries: Expected `int`, got `str`"),
         ('[providers.x]\ntype = "openai"\nmax_retries = -1\n', "providers.x.max_retries: Expected `int` >= 0"),
@@ -271,3 +271,13 @@ def test_importing_config_does_not_import_httpx() -> None:
     code = "import sys, daemon.config; print('httpx' in sys.modules, 'httpx_sse' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_two_lines_point_at_ollama(tmp_path) -> None:
+    """The README's promise: a section with only base_url is an OpenAI-compatible provider."""
+    path = tmp_path / "config.toml"
+    path.write_text('[providers.ollama]\nbase_url = "http://localhost:11434/v1"\n')
+    config = load_config(path, {})
+    assert config.providers["ollama"].type == "openai"
+    assert config.providers["ollama"].base_url == "http://localhost:11434/v1"
+    assert resolve_provider(config, None) == "ollama"
