@@ -275,7 +275,7 @@ def _provider_from_file(name: str, pf: _ProviderFile, env: Mapping[str, str], fi
         # Only the official endpoint picks up the well-known variable by itself: an OpenAI
         # key must never be sent to some other server just because it is exported.
         api_key_env = "ANTHROPIC_API_KEY" if pf.type == "anthropic" else "OPENAI_API_KEY"
-    key = (env.get(api_key_env) if api_key_env else None) or pf.api_key or None
+    key = _clean_key(env.get(api_key_env) if api_key_env else None) or _clean_key(pf.api_key)
     return ProviderConfig(
         name=name,
         type=pf.type,
@@ -291,12 +291,19 @@ def _provider_from_file(name: str, pf: _ProviderFile, env: Mapping[str, str], fi
     )
 
 
+def _clean_key(value: str | None) -> str | None:
+    """A key without surrounding whitespace (a key never contains any, but a value read from
+    a CRLF ``.env`` file or a multi-line TOML string often ends in a line break, which no HTTP
+    header may carry); empty counts as unset."""
+    return (value or "").strip() or None
+
+
 def _providers_from_env(env: Mapping[str, str]) -> dict[str, ProviderConfig]:
     """``ANTHROPIC_API_KEY`` (with optional ``ANTHROPIC_BASE_URL``) → "anthropic";
     ``OPENAI_API_KEY`` and/or ``OPENAI_BASE_URL`` → "openai" (a base URL alone is a keyless
     compatible server such as Ollama). Empty variables count as unset."""
     out: dict[str, ProviderConfig] = {}
-    anthropic_key = env.get("ANTHROPIC_API_KEY") or None
+    anthropic_key = _clean_key(env.get("ANTHROPIC_API_KEY"))
     if anthropic_key:
         out["anthropic"] = ProviderConfig(
             name="anthropic",
@@ -305,7 +312,7 @@ def _providers_from_env(env: Mapping[str, str]) -> dict[str, ProviderConfig]:
             api_key_env="ANTHROPIC_API_KEY",
             api_key=anthropic_key,
         )
-    openai_key = env.get("OPENAI_API_KEY") or None
+    openai_key = _clean_key(env.get("OPENAI_API_KEY"))
     openai_url = env.get("OPENAI_BASE_URL") or None
     if openai_key or openai_url:
         out["openai"] = ProviderConfig(

@@ -22,6 +22,9 @@ class WarrenError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        #: Context added where the error passes through (a failed turn adds its session id,
+        #: so a failed first turn of ``session/create`` still names the session it made).
+        self.context: dict[str, Any] = {}
 
     def data(self) -> dict[str, Any]:
         return {}
@@ -187,7 +190,7 @@ def new_error_id() -> str:
 def to_wire(exc: BaseException, error_id: str | None = None) -> ErrorObject:
     """Map any exception to its JSON-RPC error. Unknown exceptions reveal nothing but an id."""
     if isinstance(exc, WarrenError):
-        return error_object(exc.code, exc.message, retryable=exc.retryable, **exc.data())
+        return error_object(exc.code, exc.message, retryable=exc.retryable, **{**exc.context, **exc.data()})
     return error_object(
         "INTERNAL_ERROR",
         f"Internal error {error_id}: the daemon's stderr log has the details under this error_id",

@@ -93,7 +93,7 @@ class _Block:
 
 
 class CallOutput:
-    """Assembles one model call's deltas into blocks, and says which event each delta is."""
+    """Assembles one model call's deltas into blocks."""
 
     def __init__(self) -> None:
         self.blocks: dict[int, _Block] = {}
@@ -108,16 +108,14 @@ class CallOutput:
             block = self.blocks[index] = _Block(kind)
         return block
 
-    def feed(self, delta: base.Delta) -> Event | None:
+    def feed(self, delta: base.Delta) -> None:
         if isinstance(delta, base.TextDelta):
             self._block(delta.index, "text").parts.append(delta.text)
             self.streamed_chars += len(delta.text)
-            return TextDeltaEvent(delta.text)
-        if isinstance(delta, base.ReasoningDelta):
+        elif isinstance(delta, base.ReasoningDelta):
             self._block(delta.index, "reasoning").parts.append(delta.text)
             self.streamed_reasoning_chars += len(delta.text)
-            return ReasoningDeltaEvent(delta.text)
-        if isinstance(delta, base.ReasoningSignature):
+        elif isinstance(delta, base.ReasoningSignature):
             self._block(delta.index, "reasoning").signature = delta.signature
         elif isinstance(delta, base.RedactedReasoning):
             self._block(delta.index, "reasoning").redacted = delta.data
@@ -130,7 +128,6 @@ class CallOutput:
             self.usage = delta.usage
         elif isinstance(delta, base.Stop):
             self.stop = delta.stop_reason
-        return None
 
     def content(self, *, partial: bool = False) -> list[Block]:
         """The assistant message's blocks; a partial one keeps only text and reasoning."""
@@ -310,6 +307,9 @@ class Turn:
                         result = await self._finish_interrupted("interrupted")
                 self.result = result
                 return result
+            if isinstance(failure, errors.WarrenError):
+                # a failed first turn of session/create must still say which session it made
+                failure.context.setdefault("session_id", self.session_id)
             with anyio.CancelScope(shield=True):
                 await self._finish_failed(failure)
             raise failure
@@ -379,8 +379,9 @@ class Turn:
         model = await discover() if discover is not None else None
         if not model:
             raise errors.FailedWithData(
-                f"Provider {self.setup.provider!r} has no model: pass model, or set default_model "
-                f"under [providers.{self.setup.provider}] in the config file",
+                f"Provider {self.setup.provider!r} has no model and its server lists none: pass "
+                "model to session/create or turn/start, or set default_model for this provider "
+                "in the config file",
                 {"reason": "no_model_configured", "provider": self.setup.provider},
             )
         self.setup.model = model
@@ -406,9 +407,13 @@ class Turn:
             try:
                 async with aclosing(provider.stream(request)) as stream:  # type: ignore[type-var]
                     async for delta in stream:
-                        event = output.feed(delta)
-                        if event is not None:
-                            await self.emit(event)
+                        # Sent before kept: an interrupt can land in ``emit``, and what is
+                        # committed must never hold text the client was not sent.
+                        if isinstance(delta, base.TextDelta):
+                            await self.emit(TextDeltaEvent(delta.text))
+                        elif isinstance(delta, base.ReasoningDelta):
+                            await self.emit(ReasoningDeltaEvent(delta.text))
+                        output.feed(delta)
                 return output
             except base.ProviderError as exc:
                 self.current = None

@@ -34,6 +34,21 @@ def _params_error(exc: msgspec.ValidationError, prefix: str) -> errors.InvalidRe
     return errors.InvalidRequest.at(prefix + path[1:], message)
 
 
+def _without_password(url: str | None) -> str | None:
+    """A base URL may embed proxy credentials; ``providers/list`` must never show them."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
 def _config_failure(exc: ConfigError) -> errors.WarrenError:
     if isinstance(exc, UnknownProvider):
         return errors.InvalidRequest.at("$.provider", exc.message, details=exc.details)
@@ -116,7 +131,7 @@ class ProviderRegistry:
             ProviderInfo(
                 name=p.name,
                 type=p.type,
-                base_url=p.base_url,
+                base_url=_without_password(p.base_url),
                 default_model=p.default_model,
                 has_credential=p.has_credential(),
                 credential_env=p.api_key_env,

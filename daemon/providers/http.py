@@ -15,6 +15,7 @@ first used.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Mapping
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
 #: How much of an error body we read; error JSON is small, an HTML error page need not be.
 ERROR_BODY_LIMIT = 64 * 1024
+#: What RFC 9110 (and h11, which enforces it) allows in a header value: visible ASCII, with
+#: single spaces or tabs inside.
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
 _SENSITIVE_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie", "session")
 
 
@@ -42,7 +46,18 @@ class Redactor:
     another secret is still removed whole."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        found: set[str] = set()
+        for secret in secrets:
+            if not secret or len(secret) < 4:
+                continue
+            found.add(secret)
+            # As error texts quote it: Python's escaped forms (h11 names an illegal header
+            # value by its bytes repr), and without the whitespace around it.
+            found.add(repr(secret)[1:-1])
+            found.add(repr(secret.encode("utf-8", "backslashreplace"))[2:-1])
+            if len(secret.strip()) >= 4:
+                found.add(secret.strip())
+        self._secrets = sorted(found, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
@@ -51,8 +66,15 @@ class Redactor:
 
 
 def secrets_of(config: ProviderConfig) -> list[str]:
-    """The key plus values of extra headers whose names look like credentials."""
+    """The key, values of extra headers whose names look like credentials, and a password in
+    the base URL (``http://user:pass@proxy/v1``)."""
     out = [config.api_key] if config.api_key else []
+    try:
+        password = urlsplit(config.base_url).password
+    except ValueError:
+        password = None
+    if password:
+        out.append(password)
     for name, value in config.headers.items():
         if any(word in name.lower() for word in _SENSITIVE_HEADER_WORDS):
             out.append(value)
@@ -306,6 +328,34 @@ class HTTPProvider:
             retryable=False,
         )
 
+    def _merged_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The adapter's headers with the configured ones on top: configured headers win (a
+        proxy may want its own auth, or a pinned anthropic-version), and names are lower-cased
+        so none is sent twice.
+
+        A value HTTP cannot carry (a line break, a non-ASCII character) is refused here with
+        a message naming where it came from: httpx would otherwise fail with an error quoting
+        the value (a key!) or with a bare ``UnicodeEncodeError``.
+        """
+        configured = {k.lower(): v for k, v in self.config.headers.items()}
+        merged = {**{k.lower(): v for k, v in headers.items()}, **configured}
+        for name, value in merged.items():
+            if _HEADER_VALUE.fullmatch(value):
+                continue
+            if name in configured:
+                source, kind = f"headers.{name} of [providers.{self.name}] in the config file", "bad_request"
+            else:
+                source = self.config.api_key_env or f"api_key of [providers.{self.name}] in the config file"
+                kind = "auth"
+            raise ProviderError(
+                self.name,
+                kind,
+                f"the {name} header cannot be sent: the value from {source} contains characters "
+                "not allowed in an HTTP header (a line break, a control or non-ASCII character?)",
+                retryable=False,
+            )
+        return merged
+
     @asynccontextmanager
     async def _open_sse(
         self, url: str, headers: dict[str, str], body: dict[str, Any]
@@ -321,11 +371,8 @@ class HTTPProvider:
             content = msgspec.json.encode(body)
         except (TypeError, msgspec.EncodeError) as exc:
             raise ProviderError(self.name, "bad_request", f"request is not JSON-encodable: {exc}", retryable=False) from None
-        # Configured headers win over the adapter's (a proxy may want its own auth, or a
-        # pinned anthropic-version); names are lower-cased so none is sent twice.
         all_headers = {
-            **{k.lower(): v for k, v in headers.items()},
-            **{k.lower(): v for k, v in self.config.headers.items()},
+            **self._merged_headers(headers),
             "content-type": "application/json",
             "accept": "text/event-stream",
         }

@@ -128,13 +128,19 @@ class OpenAIProvider(HTTPProvider):
 
         Used only when nothing names a model: llama.cpp and vLLM serve exactly one, and
         Ollama lists what is installed, so ``OPENAI_BASE_URL`` alone is enough to chat.
+
+        ``None`` (so the caller can say "set a model") when the server has no such endpoint;
+        other failures (auth, connection, 5xx) are raised as for a model call.
         """
         url = self.config.base_url.rstrip("/") + "/models"
+        headers = {**self._merged_headers(self.build_headers()), "accept": "application/json"}
         try:
-            response = await self._http_client().get(url, headers={**self.build_headers(), **self.config.headers})
-            body = await _read_limited(response)
+            async with self._http_client().stream("GET", url, headers=headers) as response:
+                body = await _read_limited(response)
         except httpx.HTTPError as exc:
-            raise error_from_exception(self.name, exc, self._redact, host=urlsplit(url).netloc) from None
+            raise error_from_exception(self.name, exc, self._redact, host=urlsplit(url).netloc.rpartition("@")[2]) from None
+        if response.status_code in (404, 405, 501):
+            return None  # no model list here: the user must name the model
         if response.status_code >= 300:
             raise error_from_response(self.name, response.status_code, response.headers, body, self._redact)
         try:

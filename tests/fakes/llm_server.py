@@ -6,7 +6,8 @@ test may be in the same process (provider unit tests) or in a daemon subprocess 
 ``server.base_url``. Tests script each response in order (``enqueue``): an SSE stream of
 events with delays, an HTTP error with a JSON body and headers, a connection reset or hang-up
 mid-stream, a stall past the client's read timeout, a malformed line. With nothing queued,
-the server answers a short realistic reply for the path asked.
+the server answers a short realistic reply for the path asked (``GET …/models``: a
+one-model list, as a compatible server such as Ollama would).
 
 Every request is recorded as an ``Exchange`` (method, path, headers, parsed JSON body) along
 with the wall-clock times (``time.time()``) at which the server sent the first byte of the
@@ -621,6 +622,12 @@ def openai_error(
     return JSONResponse(status, body, dict(headers or {}))
 
 
+def openai_models(*ids: str, owned_by: str = "library") -> JSONResponse:
+    """``GET /v1/models``: the list a compatible server (Ollama, vLLM, llama.cpp) answers."""
+    data = [{"id": i, "object": "model", "created": 1735689600, "owned_by": owned_by} for i in ids]
+    return JSONResponse(200, {"object": "list", "data": data})
+
+
 # ---------------------------------------------------------------- defaults
 
 
@@ -631,6 +638,8 @@ def default_response(exchange: Exchange) -> Response:
         return anthropic_text("Hello from the fake Anthropic server.")
     if path.endswith("/chat/completions"):
         return openai_stream("Hello from the fake OpenAI server.")
+    if path.endswith("/models") and exchange.method == "GET":
+        return openai_models("fake-model:latest")
     return JSONResponse(404, {"error": {"type": "not_found_error", "message": f"no route for {path}"}})
 
 
