@@ -183,6 +183,19 @@ class Conflict(SessionControlError):
         return {"session_id": self.session_id, "idempotency_key": self.idempotency_key}
 
 
+class Internal(WarrenError):
+    """An unexpected failure, already logged under ``error_id``; the client sees only the id."""
+
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(f"Internal error {error_id}: the daemon's stderr log has the details under this error_id")
+        self.error_id = error_id
+
+    def data(self) -> dict[str, Any]:
+        return {"error_id": self.error_id}
+
+
 def new_error_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -191,8 +204,4 @@ def to_wire(exc: BaseException, error_id: str | None = None) -> ErrorObject:
     """Map any exception to its JSON-RPC error. Unknown exceptions reveal nothing but an id."""
     if isinstance(exc, WarrenError):
         return error_object(exc.code, exc.message, retryable=exc.retryable, **{**exc.context, **exc.data()})
-    return error_object(
-        "INTERNAL_ERROR",
-        f"Internal error {error_id}: the daemon's stderr log has the details under this error_id",
-        error_id=error_id or new_error_id(),
-    )
+    return to_wire(Internal(error_id or new_error_id()))

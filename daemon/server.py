@@ -133,6 +133,7 @@ class Connection:
             with self._stop_reading:
                 await self._read_loop(in_fd)
             self._client_went_away()
+            self.writer.stop_backpressure()
             log.info("input_closed", inflight=len(self._inflight))
             if self.on_shutdown is not None:
                 with anyio.move_on_after(self.shutdown_grace_s):

@@ -37,6 +37,7 @@ from protocol.types import (
     TextBlock,
     ToolOverlay,
     ToolResultBlock,
+    ToolUseBlock,
     TurnInterruptParams,
     TurnStartParams,
 )
@@ -88,7 +89,19 @@ class SessionService:
         return self.store.owner.is_alive(owner)
 
     async def _close_dead_turn(self, db: Any, turn_id: str, session_id: str) -> None:
-        await tables.end_turn(db, turn_id, status="interrupted", stop_reason="interrupted", usage=None, now_ms=now_ms())
+        """Close a turn whose process died, keeping what it committed. A tool step it left
+        waiting on the client gets error results, so the history stays one every provider
+        accepts (each tool_use answered)."""
+        now = now_ms()
+        await tables.end_turn(db, turn_id, status="interrupted", stop_reason="interrupted", usage=None, now_ms=now)
+        last = await tables.last_message(db, session_id)
+        if last is not None and last.role == "assistant" and last.turn_id == turn_id:
+            calls = [b for b in last.content if isinstance(b, ToolUseBlock)]
+            pending = {c.tool_use_id for c in await tables.pending_tool_calls(db, session_id)}
+            if calls and not pending:
+                results = [ToolResultBlock(c.id, "Tool call interrupted: the daemon stopped", True) for c in calls]
+                await tables.append_messages(db, session_id, [Message(last.index + 1, "tool", list(results), now, turn_id)])
+                await tables.update_session(db, session_id, message_count=last.index + 2)
         log.info("closed_dead_turn", session_id=session_id, turn_id=turn_id)
 
     # ------------------------------------------------------------------ turns
@@ -326,7 +339,11 @@ class SessionService:
         )
         return SessionListResult(
             [
-                SessionSummary(r[0], r[1], r[2], r[3], r[4], bool(r[7]), tables.decode_labels(r[5]), bool(r[6]))
+                SessionSummary(
+                    r[0], r[1], r[2], r[3], r[4],
+                    r[7] is not None and self._owner_alive(r[8], r[7]),
+                    tables.decode_labels(r[5]), bool(r[6]),
+                )
                 for r in rows
             ],
             has_more,

@@ -103,6 +103,15 @@ class Writer:
         if self._wake is not None:
             self._wake.set()
 
+    def stop_backpressure(self) -> None:
+        """Shutdown: ``send`` no longer waits for room. A turn finishing under a shield (its
+        interrupted result and last events) must not hang on a client that stopped reading;
+        what is queued is written within the shutdown grace period or dropped."""
+        self.max_pending = sys.maxsize
+        if self._space is not None:
+            self._space.set()
+            self._space = None
+
     def close(self) -> None:
         """No more lines will be sent; ``run`` returns once the queue is written."""
         self._closed = True

@@ -146,8 +146,8 @@ async def list_sessions(
     sql = f"""
         SELECT s.session_id, s.created_at_ms, s.updated_at_ms, s.message_count,
                s.input_tokens + s.output_tokens, s.labels, s.archived,
-               EXISTS (SELECT 1 FROM turns t WHERE t.session_id = s.session_id AND t.status = 'running')
-        FROM sessions s {'WHERE ' + ' AND '.join(where) if where else ''}
+               t.turn_id, t.owner
+        FROM sessions s LEFT JOIN turns t ON t.session_id = s.session_id AND t.status = 'running' {'WHERE ' + ' AND '.join(where) if where else ''}
         ORDER BY s.updated_at_ms DESC, s.session_id DESC
         LIMIT ? OFFSET ?"""
     rows = await db.execute_fetchall(sql, (*args, limit + 1, offset))
@@ -185,6 +185,15 @@ async def all_messages(db: Any, session_id: str) -> list[Message]:
         (session_id,),
     )
     return [Message(r[0], r[1], _blocks.decode(r[2]), r[3], r[4], r[5]) for r in rows]
+
+
+async def last_message(db: Any, session_id: str) -> Message | None:
+    rows = await db.execute_fetchall(
+        "SELECT idx, role, content, created_at_ms, turn_id, source FROM messages"
+        " WHERE session_id = ? ORDER BY idx DESC LIMIT 1",
+        (session_id,),
+    )
+    return Message(rows[0][0], rows[0][1], _blocks.decode(rows[0][2]), rows[0][3], rows[0][4], rows[0][5]) if rows else None
 
 
 async def append_messages(db: Any, session_id: str, messages: list[Message]) -> None:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol
 
 import anyio
+import msgspec
 import structlog
 
 from protocol.events import Event, ToolExecutionCompleted, ToolExecutionStarted, ToolExecutionTimedOut
-from protocol.types import ToolCall, ToolDef, ToolOverlay, ToolResultBlock
+from protocol.types import ToolCall, ToolDef, ToolExecuteResult, ToolOverlay, ToolResultBlock
 
 from . import errors
 
@@ -175,7 +176,8 @@ class StepRunner:
 
 
 def _read_answer(answer: Any) -> tuple[str, bool]:
-    if isinstance(answer, dict) and isinstance(answer.get("content"), str):
-        is_error = answer.get("is_error", False)
-        return answer["content"], bool(is_error) if isinstance(is_error, bool) else True
-    return "The client's tool/execute result was not {content: string, is_error: bool}", True
+    try:
+        result = msgspec.convert(answer, ToolExecuteResult, strict=True)
+    except msgspec.ValidationError as exc:
+        return f"The client's tool/execute result was not {{content: string, is_error: bool}}: {exc}", True
+    return result.content, result.is_error

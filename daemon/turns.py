@@ -253,7 +253,7 @@ class Turn:
     # ------------------------------------------------------------------ running
 
     async def run(self) -> RunResult:
-        failure: BaseException
+        failure: Exception
         budget = self.setup.budget
         limit_ms = budget.max_turn_duration_ms if budget else None
         try:
@@ -307,9 +307,12 @@ class Turn:
                         result = await self._finish_interrupted("interrupted")
                 self.result = result
                 return result
-            if isinstance(failure, errors.WarrenError):
-                # a failed first turn of session/create must still say which session it made
-                failure.context.setdefault("session_id", self.session_id)
+            if not isinstance(failure, errors.WarrenError):
+                internal = errors.Internal(errors.new_error_id())
+                self.log.error("turn_crashed", error_id=internal.error_id, exc_info=failure)
+                failure = internal  # the turn_failed event and the response share its error_id
+            # a failed first turn of session/create must still say which session it made
+            failure.context.setdefault("session_id", self.session_id)
             with anyio.CancelScope(shield=True):
                 await self._finish_failed(failure)
             raise failure
@@ -530,24 +533,22 @@ class Turn:
         usage = (output.usage if output else None) or Usage.zero()
         text = output.text() if output else ""
         try:
-            await self._commit(new, usage=usage, end=("interrupted" if stop == "interrupted" else "completed", stop),
-                               last_text=text)
+            applied = await self._commit(
+                new, usage=usage, end=("interrupted" if stop == "interrupted" else "completed", stop), last_text=text
+            )
         except errors.WarrenError as exc:
             await self.emit(TurnFailed(errors.to_wire(exc)))
             raise
         if text:
             self.last_text = text
         self.current = self.step = None
+        await self._emit_context(applied)
         await self.emit(TurnCompleted(stop, self.usage))
         self.result = self._result(stop, pending=[])
         return self.result
 
-    async def _finish_failed(self, failure: BaseException) -> None:
-        error_id = None
-        if not isinstance(failure, errors.WarrenError):
-            error_id = errors.new_error_id()
-            self.log.error("turn_crashed", error_id=error_id, exc_info=failure)
-        wire = errors.to_wire(failure, error_id)
+    async def _finish_failed(self, failure: errors.WarrenError) -> None:
+        wire = errors.to_wire(failure)
         new = []
         if self.step is not None:
             new.append(self._tool_message(self.step.ordered("Tool call abandoned: the turn failed"), self.message_count))

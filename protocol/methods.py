@@ -40,5 +40,10 @@ class CancelRequestParams(msgspec.Struct):
     id: str | int
 
 
+#: Requests the daemon sends to the client (only when it declared the capability).
+SERVER_REQUESTS: dict[str, MethodSpec] = {
+    "tool/execute": MethodSpec(t.ToolExecuteParams, (t.ToolExecuteResult,)),
+}
+
 #: Notifications the daemon accepts from the client.
 CLIENT_NOTIFICATIONS: dict[str, type[msgspec.Struct]] = {"$/cancelRequest": CancelRequestParams}

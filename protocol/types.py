@@ -14,9 +14,11 @@ from msgspec import Meta, Struct
 
 from . import MAX_PAGE_SIZE
 
+#: Integers stay within what every JSON client can represent exactly (and SQLite can store).
+MAX_SAFE_INT = 2**53 - 1
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
-PositiveInt = Annotated[int, Meta(ge=1)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
+PositiveInt = Annotated[int, Meta(ge=1, le=MAX_SAFE_INT)]
+NonNegativeInt = Annotated[int, Meta(ge=0, le=MAX_SAFE_INT)]
 PageLimit = Annotated[int, Meta(ge=1, le=MAX_PAGE_SIZE)]
 ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
@@ -348,6 +350,23 @@ class ProvidersListResult(Struct):
     providers: list[ProviderInfo]
     config_path: str | None = None
     config_error: str | None = None
+
+
+class ToolExecuteParams(Struct):
+    """The daemon's request to the client (``tool/execute``): run one client tool."""
+
+    session_id: str
+    turn_id: str
+    tool_use_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolExecuteResult(Struct):
+    """The client's answer to ``tool/execute``. A JSON-RPC error answer counts as an error result."""
+
+    content: str
+    is_error: bool = False
 
 
 def decode_params(params: Any, params_type: type[msgspec.Struct]) -> Any:

@@ -232,3 +232,14 @@ def test_corrupt_database_gives_store_error(spawn, tmp_path: Path) -> None:
     err = d.error("session/list", {})
     assert err["code"] == -32006 and err["data"]["reason"] == "corrupt"
     assert d.call("initialize", {})["protocol_version"] == 1
+
+
+def test_list_is_active_false_for_a_dead_owner(spawn) -> None:
+    a, b = spawn(), spawn()
+    sid = deferred(a, provider_params=SLOW)
+    a.request("turn/start", {"session_id": sid, "prompt": "q"})
+    a.wait_event("text_delta", sid)
+    assert b.call("session/list", {})["sessions"][0]["is_active"] is True
+    a.kill()
+    assert b.call("session/list", {})["sessions"][0]["is_active"] is False
+    assert b.call("session/read", {"session_id": sid})["state"]["is_active"] is False

@@ -257,3 +257,27 @@ def test_every_event_precedes_its_response(daemon: Daemon) -> None:
     assert last < response_at
     assert daemon.events(sid)[-1]["event"]["type"] == "turn_completed"
     assert all(e["turn_id"] == daemon.events(sid)[0]["turn_id"] for e in daemon.events(sid))
+
+
+def test_interrupt_applies_staged_context_with_its_event(daemon: Daemon) -> None:
+    sid = deferred(daemon, provider_params=script({"text": "slow answer here", "chunk_chars": 4, "delay_ms": 100}))
+    tid = daemon.request("turn/start", {"session_id": sid, "prompt": "q"})
+    daemon.wait_event("text_delta", sid)
+    assert daemon.call("session/append_system_context", {"session_id": sid, "text": "ctx"})["status"] == "staged"
+    daemon.call("turn/interrupt", {"session_id": sid})
+    daemon.response(tid)
+    types = daemon.event_types(sid)
+    assert types[-2:] == ["system_context_applied", "turn_completed"]
+    daemon.call("turn/start", {"session_id": sid, "prompt": "again"})
+    seqs = [e["seq"] for e in daemon.events(sid)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_huge_integers_are_invalid_params(daemon: Daemon) -> None:
+    for method, params in [
+        ("session/list", {"offset": 2**63}),
+        ("session/history", {"session_id": "x", "offset": 2**53}),
+        ("session/create", {"initial_turn": "defer", "provider": "scripted", "max_tokens": 2**64}),
+    ]:
+        err = daemon.error(method, params)
+        assert err["code"] == -32602, (method, err)
