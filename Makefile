@@ -10,10 +10,12 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 1>&2
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 1>&2
+	@$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev]' 1>&2
+	@$(PY) -m compileall -q daemon protocol 1>&2
 	@touch $(STAMP)
 
 run: $(STAMP)
+	@$(PY) -m compileall -q daemon protocol 1>&2
 	@$(PY) -m daemon serve $(ARGS)
 
 test: $(STAMP)

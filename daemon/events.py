@@ -17,11 +17,13 @@ RESERVATION = 1 << 16
 
 
 class EventSink(Protocol):
-    async def session_event(self, session_id: str, turn_id: str | None, seq: int, event: Event) -> None:
-        """Deliver one event to every subscriber; may wait (backpressure), never drops."""
+    """Where events go. Split in two so the turn can allocate ``seq`` and queue the event
+    with no await in between: ``seq`` order is wire order without any lock."""
+
+    async def wait_writable(self) -> None:
+        """Return once an event can be queued (backpressure from a slow client)."""
         ...
 
-
-class NullSink:
-    async def session_event(self, session_id: str, turn_id: str | None, seq: int, event: Event) -> None:
-        return None
+    def session_event(self, session_id: str, turn_id: str | None, seq: int, event: Event) -> None:
+        """Queue one event for every subscriber; never waits, never drops."""
+        ...

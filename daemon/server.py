@@ -72,9 +72,12 @@ class Connection:
 
     # ------------------------------------------------------------------ events
 
-    async def session_event(self, session_id: str, turn_id: str | None, seq: int, event: Event) -> None:
+    async def wait_writable(self) -> None:
+        await self.writer.wait_space()
+
+    def session_event(self, session_id: str, turn_id: str | None, seq: int, event: Event) -> None:
         note = _EventNotification(params=SessionEventParams(session_id, turn_id, seq, now_ms(), event))
-        await self.writer.send(_event_encoder.encode(note) + b"\n")
+        self.writer.send_nowait(_event_encoder.encode(note) + b"\n")
 
     # ------------------------------------------------------------------ requests to the client
 

@@ -93,10 +93,18 @@ class Writer:
             os.set_blocking(fd, False)
 
     async def send(self, line: bytes) -> None:
+        await self.wait_space()
+        self.send_nowait(line)
+
+    async def wait_space(self) -> None:
+        """Return once a line can be queued. Does not yield while there is room, so a
+        caller can allocate something (an event's ``seq``) and queue it atomically."""
         while len(self._queue) >= self.max_pending and not self.broken:
             if self._space is None:
                 self._space = anyio.Event()
             await self._space.wait()
+
+    def send_nowait(self, line: bytes) -> None:
         if self.broken or self._closed:
             return
         self._queue.append(line)

@@ -72,6 +72,7 @@ def _is_store_failure(exc: BaseException) -> bool:
 @dataclass
 class _Job:
     fn: Unit[Any]
+    readonly: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -246,7 +247,7 @@ class Store:
                 assert self._open_error is not None
                 raise self._open_error
 
-    async def write(self, fn: Unit[T]) -> T:
+    async def write(self, fn: Unit[T], *, readonly: bool = False) -> T:
         """Run ``fn`` in a write transaction and return its result or raise its error.
 
         Shielded: once submitted, the unit's outcome is awaited even if the caller is
@@ -254,7 +255,7 @@ class Store:
         """
         with anyio.CancelScope(shield=True):
             await self._ready()
-            job = _Job(fn)
+            job = _Job(fn, readonly)
             await self._send.send(job)
             await job.done.wait()
         if job.error is not None:
@@ -265,7 +266,7 @@ class Store:
         """Run a read-only unit on the read connection (or queued, for an ephemeral store)."""
         await self._ready()
         if self._reader is None:
-            return await self.write(fn)
+            return await self.write(fn, readonly=True)
         try:
             return await fn(self._reader)
         except errors.WarrenError:
@@ -288,6 +289,12 @@ class Store:
                     await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[_Job]) -> None:
+        reads = [job for job in batch if job.readonly]
+        if reads:
+            await self._run_reads(reads)
+            batch = [job for job in batch if not job.readonly]
+            if not batch:
+                return
         db = self._writer
         try:
             if db is None:
@@ -330,6 +337,17 @@ class Store:
             return
         finally:
             for job in batch:
+                job.done.set()
+
+    async def _run_reads(self, reads: list[_Job]) -> None:
+        """Reads queued on the one connection of an ephemeral store: no transaction (they
+        see what is committed, and each is one statement), so no BEGIN/COMMIT round trips."""
+        for job in reads:
+            try:
+                job.result = await job.fn(self._writer)
+            except Exception as exc:  # noqa: BLE001 - delivered to the caller
+                job.error = store_error(exc) if _is_store_failure(exc) else exc
+            finally:
                 job.done.set()
 
     def _fail(self, batch: list[_Job], exc: BaseException) -> None:

@@ -137,12 +137,22 @@ async def list_sessions(
     args: list[Any] = []
     if not include_archived:
         where.append("s.archived = 0")
-    for key, value in labels.items():
+    if labels and await _labels_are_selective(db, labels):
+        # Few sessions carry the rarest pair: start from the label index and sort those.
         where.append(
-            "EXISTS (SELECT 1 FROM session_labels l WHERE l.session_id = s.session_id"
-            " AND l.key = ? AND l.value = ?)"
+            "s.session_id IN ("
+            + " INTERSECT ".join("SELECT session_id FROM session_labels WHERE key = ? AND value = ?" for _ in labels)
+            + ")"
         )
-        args += [key, value]
+        args += [x for pair in labels.items() for x in pair]
+    else:
+        # Many match: walk sessions newest first and stop after one page.
+        for key, value in labels.items():
+            where.append(
+                "EXISTS (SELECT 1 FROM session_labels l WHERE l.session_id = s.session_id"
+                " AND l.key = ? AND l.value = ?)"
+            )
+            args += [key, value]
     sql = f"""
         SELECT s.session_id, s.created_at_ms, s.updated_at_ms, s.message_count,
                s.input_tokens + s.output_tokens, s.labels, s.archived,
@@ -152,6 +162,22 @@ async def list_sessions(
         LIMIT ? OFFSET ?"""
     rows = await db.execute_fetchall(sql, (*args, limit + 1, offset))
     return list(rows[:limit]), len(rows) > limit
+
+
+SELECTIVE_LABEL_ROWS = 2000
+
+
+async def _labels_are_selective(db: Any, labels: dict[str, str]) -> bool:
+    """Whether some pair is carried by few sessions (counted on the covering index, with
+    a bound so that a common pair costs no more than the bound)."""
+    for key, value in labels.items():
+        rows = await db.execute_fetchall(
+            "SELECT count(*) FROM (SELECT 1 FROM session_labels WHERE key = ? AND value = ? LIMIT ?)",
+            (key, value, SELECTIVE_LABEL_ROWS),
+        )
+        if rows[0][0] < SELECTIVE_LABEL_ROWS:
+            return True
+    return False
 
 
 def decode_labels(raw: str) -> dict[str, str]:

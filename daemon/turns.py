@@ -211,22 +211,29 @@ class Turn:
         self.started_at = anyio.current_time()
         self.warned: set[str] = set()
         self.exhausted: BudgetUse | None = None
-        self._emit_lock = anyio.Lock()
+        self._reserve_lock = anyio.Lock()
         self.log = log.bind(session_id=self.session_id, turn_id=self.turn_id)
 
     # ------------------------------------------------------------------ events
 
     async def emit(self, event: Event) -> None:
         """Send one event. Tool calls and the budget timer emit concurrently with the
-        loop, so allocation and sending are one step: ``seq`` order is wire order."""
-        async with self._emit_lock:
+        loop; allocating ``seq`` and queueing the line happen with no await in between,
+        so ``seq`` order is wire order without a lock (whose checkpoint would cost a
+        trip through the event loop per delta)."""
+        while True:
             if self.seq >= self.seq_reserved:
-                target = self.seq + RESERVATION
-                await self.store.write(lambda db: tables.update_session(db, self.session_id, next_seq=target))
-                self.seq_reserved = target
-            seq = self.seq
-            self.seq += 1
-            await self.sink.session_event(self.session_id, self.turn_id, seq, event)
+                async with self._reserve_lock:
+                    if self.seq >= self.seq_reserved:
+                        target = self.seq + RESERVATION
+                        await self.store.write(lambda db: tables.update_session(db, self.session_id, next_seq=target))
+                        self.seq_reserved = target
+            await self.sink.wait_writable()
+            if self.seq < self.seq_reserved:
+                break
+        seq = self.seq
+        self.seq += 1
+        self.sink.session_event(self.session_id, self.turn_id, seq, event)
 
     async def _emit_context(self, applied: list[tuple[str, str | None, str | None]]) -> None:
         for _text, source, key in applied:
