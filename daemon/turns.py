@@ -333,7 +333,7 @@ class Turn:
         self.deadline_s = base.turn_timeout_s(self.provider)
         if self.deadline_s:
             self.deadline.deadline = anyio.current_time() + self.deadline_s
-        self.history = await self.store.read(lambda db: tables.all_messages(db, self.session_id))
+        self.history = await self.store.read(lambda db: tables.all_messages(db, self.session_id), small=False)
         if setup.model is None:
             await self._discover_model()
         tools = offered(setup.tools, setup.overlay)

@@ -51,7 +51,8 @@ class LineBuffer:
         if start:
             del buf[:start]
         self._scanned = len(buf)
-        if len(buf) > self.max_line_bytes:
+        # A trailing ``\r`` may be the first half of ``\r\n``: it is not part of the line.
+        if len(buf) > self.max_line_bytes + (1 if buf.endswith(b"\r") else 0):
             self._discarding = len(buf)
             buf.clear()
             self._scanned = 0

@@ -71,8 +71,17 @@ def parse_line(line: bytes) -> Message | Batch:
     """Classify one line. Never raises: every failure becomes an ``Invalid`` message."""
     try:
         value = _decoder.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else "invalid JSON"
+    except RecursionError:
+        # msgspec raises this (not DecodeError) for arrays/objects nested ~1000 deep.
+        return Invalid(None, error_object("PARSE_ERROR", "Parse error: JSON nested too deeply"))
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec reports bad UTF-8 outside strings as a JSON syntax error: check it ourselves.
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            reason = "invalid UTF-8"
+        else:
+            reason = "invalid JSON"
         return Invalid(None, error_object("PARSE_ERROR", f"Parse error: {reason}"))
     if isinstance(value, list):
         if not value:
