@@ -24,6 +24,10 @@ log = structlog.get_logger("warren.rpc")
 
 Handler = Callable[[Any, "RequestContext"], Awaitable[msgspec.Struct]]
 
+#: Reads that editors poll: logged at debug when they succeed, so that the info log says
+#: what changed rather than how often a plugin looked. Every failure is logged at info.
+QUIET_METHODS = frozenset({"initialize", "session/read", "session/list", "session/history", "providers/list"})
+
 
 @dataclass
 class RequestContext:
@@ -76,7 +80,8 @@ class Dispatcher:
             outcome = "REQUEST_CANCELLED"
             raise
         finally:
-            log.info(
+            quiet = outcome == "ok" and method in QUIET_METHODS
+            (log.debug if quiet else log.info)(
                 "request",
                 id=request_id,
                 method=method,

@@ -93,7 +93,7 @@ class Connection:
         waiter = self._outbound[id_] = _Outbound()
         answered = False
         try:
-            await self.writer.send(jsonrpc.encode_request(id_, method, params))
+            await self.writer.send(jsonrpc.encode_request(id_, method, params), direct=True)
             with anyio.fail_after(timeout_s):
                 await waiter.done.wait()
             answered = True
@@ -246,7 +246,7 @@ class Connection:
 
     async def _run_single(self, request: jsonrpc.Request, scope: anyio.CancelScope) -> None:
         line, ok = await self._call(request, scope)
-        await self.writer.send(line)
+        await self.writer.send(line, direct=True)
         if request.method == "shutdown" and ok:
             self.stop_reading()
 
@@ -285,9 +285,9 @@ class Connection:
                     self._client_response(message)
         answered = [p for p in parts if p is not None]
         if answered:
-            await self.writer.send(jsonrpc.encode_batch(answered))
+            await self.writer.send(jsonrpc.encode_batch(answered), direct=True)
         if shutdown:
             self.stop_reading()
 
     async def _send_error(self, id_: Any, error: ErrorObject) -> None:
-        await self.writer.send(jsonrpc.encode_error(id_, error))
+        await self.writer.send(jsonrpc.encode_error(id_, error), direct=True)

@@ -138,7 +138,6 @@ class SessionService:
             tool_timeout_ms=p.tool_timeout_ms or 120_000,
         )
         if defer:
-            self._check_accepting()
             await self.store.write(lambda db: tables.insert_session(db, row))
             log.info("session_created", session_id=row.session_id, provider=provider, deferred=True)
             return DeferredCreateResult(row.session_id, row.created_at_ms)
@@ -159,10 +158,6 @@ class SessionService:
             overlay=p.turn_tool_overlay,
         )
 
-    def _check_accepting(self) -> None:
-        if not self.accepting:
-            raise errors.Agent("The daemon is shutting down and accepts no new turns")
-
     async def _run_turn(
         self,
         session_id: str,
@@ -175,7 +170,6 @@ class SessionService:
         provider_params: dict[str, Any] | None = None,
         overlay: ToolOverlay | None = None,
     ) -> RunResult:
-        self._check_accepting()
         turn_id = new_id()
 
         async def claim(db: Any) -> tuple[tables.SessionRow, list[Message], list[tuple[str, str | None, str | None]]]:
@@ -268,7 +262,8 @@ class SessionService:
             setup, self.providers, self.store, self.sink, self.channel, self.spawn
         )
         if not self.accepting:
-            turn.scope.cancel()  # claimed while shutdown began: interrupt it like the others
+            # read before the input ended, claimed after: committed, then interrupted like the rest
+            turn.scope.cancel()
         log.info("turn_started", session_id=session_id, turn_id=turn_id, provider=row.provider)
         try:
             result = await turn.run()

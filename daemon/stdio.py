@@ -22,6 +22,7 @@ import anyio
 import anyio.lowlevel
 
 READ_SIZE = 1 << 16
+_GONE = (errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.EIO)
 WRITE_BATCH = 1 << 18
 
 
@@ -47,6 +48,10 @@ def _is_pipe_or_socket(fd: int) -> bool:
 
 async def read_chunks(fd: int) -> AsyncIterator[bytes]:
     """Yield what arrives on ``fd`` until end of file."""
+    if _is_pipe_or_socket(fd):
+        async for data in _read_registered(fd):
+            yield data
+        return
     pollable = True
     while True:
         if pollable:
@@ -67,6 +72,36 @@ async def read_chunks(fd: int) -> AsyncIterator[bytes]:
         yield data
         if not pollable:
             await anyio.lowlevel.checkpoint()
+
+
+async def _read_registered(fd: int) -> AsyncIterator[bytes]:
+    """A pipe or socket stays registered with the event loop for the whole session, rather
+    than once per read: a sequential client pays one readiness wake-up per request, not
+    two registrations. (The daemon runs anyio on its asyncio backend; this is the one
+    place that uses the loop directly.)"""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, ready.set)
+    try:
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                ready.clear()
+                await ready.wait()
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.EIO, errno.ECONNRESET):
+                    return
+                raise
+            if not data:
+                return
+            yield data
+    finally:
+        loop.remove_reader(fd)
 
 
 class Writer:
@@ -92,9 +127,9 @@ class Writer:
         if self._nonblocking:
             os.set_blocking(fd, False)
 
-    async def send(self, line: bytes) -> None:
+    async def send(self, line: bytes, *, direct: bool = False) -> None:
         await self.wait_space()
-        self.send_nowait(line)
+        self.send_nowait(line, direct=direct)
 
     async def wait_space(self) -> None:
         """Return once a line can be queued. Does not yield while there is room, so a
@@ -104,9 +139,25 @@ class Writer:
                 self._space = anyio.Event()
             await self._space.wait()
 
-    def send_nowait(self, line: bytes) -> None:
+    def send_nowait(self, line: bytes, *, direct: bool = False) -> None:
+        """Queue a line. ``direct``: when the writer is idle (nothing queued, nothing being
+        written), write it now, saving a trip through the event loop. Responses use it;
+        events do not, because a burst of deltas is cheaper written in batches."""
         if self.broken or self._closed:
             return
+        if direct and not self._queue and self._wake is not None:
+            try:
+                n = os.write(self.fd, line)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    self._mark_broken()
+                    return
+                raise
+            if n == len(line):
+                return
+            line = line[n:]
         self._queue.append(line)
         if self._wake is not None:
             self._wake.set()
@@ -161,7 +212,7 @@ class Writer:
                 await anyio.wait_writable(self.fd)
                 continue
             except OSError as exc:
-                if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.EIO):
+                if exc.errno in _GONE:
                     self._mark_broken()
                     return
                 raise

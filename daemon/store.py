@@ -82,8 +82,8 @@ class _InlineConnection:
     """A plain sqlite3 connection behind the subset of aiosqlite's API that ``tables``
     uses. Its coroutines never suspend, so awaiting one runs the query right there."""
 
-    def __init__(self, path: str) -> None:
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    def __init__(self, path: str, *, uri: bool = False) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, uri=uri)
         self._conn.execute("PRAGMA busy_timeout = 0")
         self._conn.execute("PRAGMA query_only = ON")
 
@@ -216,8 +216,12 @@ class Store:
         import aiosqlite  # deferred: not needed to answer `initialize`
 
         if self.path is None:
-            self._writer = await aiosqlite.connect(":memory:", isolation_level=None)
+            # A named shared-cache memory database, so reads can also run inline on a
+            # second connection (a table a write holds answers "locked": then they queue).
+            uri = f"file:warren-{uuid.uuid4().hex}?mode=memory&cache=shared"
+            self._writer = await aiosqlite.connect(uri, uri=True, isolation_level=None)
             await self._configure(self._writer, wal=False)
+            self._inline = _InlineConnection(uri, uri=True)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not self.path.exists():
@@ -294,14 +298,14 @@ class Store:
         connection, so its reads queue behind writes.
         """
         await self._ready()
-        if self._reader is None:
-            return await self.write(fn, readonly=True)
         if small and self._inline is not None:
             try:
                 return await fn(self._inline)
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise store_error(exc) from exc
+        if self._reader is None:
+            return await self.write(fn, readonly=True)
         try:
             return await fn(self._reader)
         except errors.WarrenError:
