@@ -10,9 +10,9 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
-import structlog
 
 from .dispatch import Dispatcher
 from .handlers import ClientState, build_handlers
@@ -21,8 +21,9 @@ from .server import Connection
 from .service import SessionService
 from .stdio import Writer
 from .store import Store
+from .logs import get_logger
 
-log = structlog.get_logger("warren.app")
+log = get_logger("warren.app")
 
 
 @dataclass
@@ -40,13 +41,25 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         Writer(out_fd), max_line_bytes=options.max_line_bytes, shutdown_grace_s=options.shutdown_grace_s
     )
     connection.writer.on_broken = connection.stop_reading
-    service = SessionService(store, load_providers(options.config), connection, channel=connection)
+    registry, startup_logs = load_providers(options.config)
+    service = SessionService(store, registry, connection, channel=connection)
     store.on_open = service.recover
     connection.on_shutdown = service.interrupt_all
     connection.dispatcher = Dispatcher(
         build_handlers(service, connection, ClientState(), max_line_bytes=options.max_line_bytes)
     )
-    log.info("started", db=str(options.db) if options.db else ":memory:", max_line_bytes=options.max_line_bytes)
+    startup_logs.append(
+        ("info", "started", {"db": str(options.db) if options.db else ":memory:", "max_line_bytes": options.max_line_bytes})
+    )
+
+    def after_first_line() -> None:
+        """Work that must not delay the first answer: opening the store, writing the
+        start-up log lines (and so importing the logging machinery)."""
+        store.want_open()
+        for level, event, fields in startup_logs:
+            getattr(log, level)(event, **fields)
+
+    connection.on_first_line = after_first_line
 
     async with anyio.create_task_group() as root:
         service.spawn = root.start_soon
@@ -63,21 +76,20 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
     log.info("stopped")
 
 
-def load_providers(path: Path | None) -> ProviderRegistry:
-    """Read the config; a broken file is reported on use instead of stopping the daemon."""
+def load_providers(path: Path | None) -> tuple[ProviderRegistry, list[tuple[str, str, dict[str, Any]]]]:
+    """Read the config; a broken file is reported on use instead of stopping the daemon.
+    Returns the log lines to write once start-up is over."""
     from .config import Config, ConfigError, default_config_path, load_config
 
     try:
         config = load_config(path)
     except ConfigError as exc:
-        log.error("config_invalid", error=exc.message)
         config = Config(None, None, {}, path or default_config_path(os.environ))
-        return ProviderRegistry(config, exc)
-    for warning in config.warnings:
-        log.warning("config_warning", warning=warning)
-    log.info("config_loaded", path=str(config.path), file_loaded=config.file_loaded,
-             providers=sorted(config.providers), default=config.default_provider)
-    return ProviderRegistry(config)
+        return ProviderRegistry(config, exc), [("error", "config_invalid", {"error": exc.message})]
+    logs: list[tuple[str, str, dict[str, Any]]] = [("warning", "config_warning", {"warning": w}) for w in config.warnings]
+    logs.append(("info", "config_loaded", {"path": str(config.path), "file_loaded": config.file_loaded,
+                                           "providers": sorted(config.providers), "default": config.default_provider}))
+    return ProviderRegistry(config), logs
 
 
 async def _watch_signals(connection: Connection) -> None:

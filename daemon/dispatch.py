@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import msgspec
-import structlog
 
 from protocol.errors import ErrorObject, error_object
 from protocol.methods import METHODS
 from protocol.validation import ParamsInvalid, validate
 
 from . import errors
+from .logs import get_logger
 
-log = structlog.get_logger("warren.rpc")
+log = get_logger("warren.rpc")
 
 Handler = Callable[[Any, "RequestContext"], Awaitable[msgspec.Struct]]
 

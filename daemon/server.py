@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 import anyio
 import msgspec
-import structlog
 
 from protocol import jsonrpc
 from protocol.errors import ErrorObject, error_object
@@ -24,8 +23,9 @@ from .clock import now_ms
 from .dispatch import Dispatcher
 from .stdio import Writer, read_chunks
 from .tools import ClientError, ClientGone
+from .logs import get_logger
 
-log = structlog.get_logger("warren.server")
+log = get_logger("warren.server")
 
 
 class _EventNotification(msgspec.Struct, kw_only=True):
@@ -62,6 +62,7 @@ class Connection:
         self.shutdown_grace_s = shutdown_grace_s
         self.dispatcher: Dispatcher | None = None
         self.on_shutdown: Callable[[], Any] | None = None  # async: interrupt turns etc.
+        self.on_first_line: Callable[[], None] | None = None  # start work deferred past start-up
         self._inflight: dict[Any, anyio.CancelScope] = {}
         self._stop_reading = anyio.CancelScope()
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -154,8 +155,20 @@ class Connection:
                 await self._handle_line(line)
         for line in buffer.eof():
             await self._handle_line(line)
+        if self.on_first_line is not None:  # input ended before any line
+            first, self.on_first_line = self.on_first_line, None
+            first()
 
     async def _handle_line(self, line: bytes | Oversized) -> None:
+        try:
+            await self._dispatch_line(line)
+        finally:
+            if self.on_first_line is not None:
+                # after the line's task is spawned, so the task runs first
+                first, self.on_first_line = self.on_first_line, None
+                first()
+
+    async def _dispatch_line(self, line: bytes | Oversized) -> None:
         if isinstance(line, Oversized):
             log.warning("line_too_large", size=line.size, limit=self.max_line_bytes)
             await self._send_error(

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import structlog
 
 from protocol.types import (
     AppendSystemContextParams,
@@ -49,8 +48,9 @@ from .providers import ProviderRegistry
 from .store import Store
 from .tools import ClientChannel, check_tool_defs
 from .turns import Turn, TurnSetup
+from .logs import get_logger
 
-log = structlog.get_logger("warren.service")
+log = get_logger("warren.service")
 
 
 class SessionService:

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 import anyio
-import structlog
 
 from . import errors
 from .migrations import migrate
+from .logs import get_logger
 
-log = structlog.get_logger("warren.store")
+log = get_logger("warren.store")
 
 T = TypeVar("T")
 Unit = Callable[[Any], Awaitable[T]]  # receives an aiosqlite.Connection
@@ -171,6 +171,7 @@ class Store:
         self._send: Any = None
         self._receive: Any = None
         self._opened = anyio.Event()
+        self._wanted = anyio.Event()
         self._open_error: errors.Store | None = None
         self._open_lock = anyio.Lock()
 
@@ -178,10 +179,19 @@ class Store:
     def ephemeral(self) -> bool:
         return self.path is None
 
+    def want_open(self) -> None:
+        """Open the database soon (``run`` waits for this, or for the first unit)."""
+        self._wanted.set()
+
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        """Open the database and serve units until cancelled; the writer task itself."""
+        """Open the database and serve units until cancelled; the writer task itself.
+
+        Opening waits until it is wanted (the first input line, or the first unit), so that
+        importing aiosqlite and connecting never delay the answer to ``initialize``.
+        """
         self._send, self._receive = anyio.create_memory_object_stream[_Job](1024)
         task_status.started()
+        await self._wanted.wait()
         await self._try_open()
         try:
             await self._serve_writes()
@@ -265,6 +275,7 @@ class Store:
         self.owner.release()
 
     async def _ready(self) -> None:
+        self._wanted.set()
         await self._opened.wait()
         if self._writer is None:
             await self._try_open()

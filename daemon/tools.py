@@ -14,14 +14,14 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import anyio
 import msgspec
-import structlog
 
 from protocol.events import Event, ToolExecutionCompleted, ToolExecutionStarted, ToolExecutionTimedOut
 from protocol.types import ToolCall, ToolDef, ToolExecuteResult, ToolOverlay, ToolResultBlock
 
 from . import errors
+from .logs import get_logger
 
-log = structlog.get_logger("warren.tools")
+log = get_logger("warren.tools")
 
 
 class ClientGone(Exception):

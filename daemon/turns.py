@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import anyio
 import msgspec
-import structlog
 
 from protocol.events import (
     BudgetWarning,
@@ -54,8 +53,9 @@ from .events import RESERVATION, EventSink
 from .providers import ProviderRegistry, base
 from .store import Store
 from .tools import ClientChannel, StepRunner, offered
+from .logs import get_logger
 
-log = structlog.get_logger("warren.turns")
+log = get_logger("warren.turns")
 
 _json = msgspec.json.Decoder()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import structlog
 
 from protocol.types import ProviderInfo
 
@@ -23,8 +22,9 @@ from ..config import (
     resolve_provider,
 )
 from .base import Provider
+from ..logs import get_logger
 
-log = structlog.get_logger("warren.providers")
+log = get_logger("warren.providers")
 
 
 def _params_error(exc: msgspec.ValidationError, prefix: str) -> errors.InvalidRequest:
