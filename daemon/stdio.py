@@ -59,19 +59,27 @@ async def read_chunks(fd: int) -> AsyncIterator[bytes]:
                 await anyio.wait_readable(fd)
             except (OSError, ValueError, NotImplementedError):
                 pollable = False
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
+        data = _read(fd)
+        if data is None:
             continue
-        except OSError as exc:
-            if exc.errno in (errno.EBADF, errno.EIO, errno.ECONNRESET):
-                return
-            raise
         if not data:
             return
         yield data
         if not pollable:
             await anyio.lowlevel.checkpoint()
+
+
+def _read(fd: int) -> bytes | None:
+    """One read: the bytes, ``b""`` at end of input (or a closed descriptor), ``None`` when
+    nothing is ready yet."""
+    try:
+        return os.read(fd, READ_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EBADF, errno.EIO, errno.ECONNRESET):
+            return b""
+        raise
 
 
 async def _read_registered(fd: int) -> AsyncIterator[bytes]:
@@ -87,16 +95,11 @@ async def _read_registered(fd: int) -> AsyncIterator[bytes]:
     loop.add_reader(fd, ready.set)
     try:
         while True:
-            try:
-                data = os.read(fd, READ_SIZE)
-            except BlockingIOError:
+            data = _read(fd)
+            if data is None:
                 ready.clear()
                 await ready.wait()
                 continue
-            except OSError as exc:
-                if exc.errno in (errno.EBADF, errno.EIO, errno.ECONNRESET):
-                    return
-                raise
             if not data:
                 return
             yield data

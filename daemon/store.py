@@ -355,26 +355,21 @@ class Store:
             self._fail(batch, exc)
             return
         try:
-            if len(batch) == 1:
-                job = batch[0]
+            # One unit needs no savepoint: if it fails, the whole transaction rolls back.
+            alone = len(batch) == 1
+            for job in batch:
+                if not alone:
+                    await db.execute("SAVEPOINT unit")
                 try:
                     job.result = await job.fn(db)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - the unit's own error, delivered to its caller
                     if _is_store_failure(exc):
                         raise
                     job.error = exc
-                    await db.execute("ROLLBACK")
-                    return
-            else:
-                for job in batch:
-                    await db.execute("SAVEPOINT unit")
-                    try:
-                        job.result = await job.fn(db)
-                    except Exception as exc:  # noqa: BLE001
-                        if _is_store_failure(exc):
-                            raise
-                        job.error = exc
-                        await db.execute("ROLLBACK TO unit")
+                    await db.execute("ROLLBACK" if alone else "ROLLBACK TO unit")
+                    if alone:
+                        return
+                if not alone:
                     await db.execute("RELEASE unit")
             await db.execute("COMMIT")
         except BaseException as exc:  # noqa: BLE001

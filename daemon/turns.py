@@ -226,7 +226,9 @@ class Turn:
                 async with self._reserve_lock:
                     if self.seq >= self.seq_reserved:
                         target = self.seq + RESERVATION
-                        await self.store.write(lambda db: tables.update_session(db, self.session_id, next_seq=target))
+                        await self.store.write(
+                            lambda db, target=target: tables.update_session(db, self.session_id, next_seq=target)
+                        )
                         self.seq_reserved = target
             await self.sink.wait_writable()
             if self.seq < self.seq_reserved:
@@ -454,7 +456,7 @@ class Turn:
         *,
         usage: Usage = Usage.zero(),
         end: tuple[str, StopReason | None] | None = None,
-        pending: list[ToolCall] = [],
+        pending: list[ToolCall] | None = None,
         events_after: int = 0,
         last_text: str | None = None,
     ) -> list[tuple[str, str | None, str | None]]:

@@ -147,7 +147,7 @@ def _combined() -> Schema:
     for name in CLIENT_NOTIFICATIONS:
         notifications[name] = {"direction": "client to daemon", "params": next(refs)}
     server_requests: Schema = {}
-    for name, spec in SERVER_REQUESTS.items():
+    for name in SERVER_REQUESTS:
         server_requests[name] = {"direction": "daemon to client", "params": next(refs), "result": next(refs)}
     return {
         "$schema": DIALECT,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -215,7 +214,9 @@ class Daemon:
             seen = 0
             while True:
                 try:
-                    reqs = self.wait_for(lambda: len(self.tool_requests()) > seen and self.tool_requests(), 60, "tool call")
+                    reqs = self.wait_for(
+                        lambda seen=seen: len(self.tool_requests()) > seen and self.tool_requests(), 60, "tool call"
+                    )
                 except DaemonError:
                     return
                 for req in reqs[seen:]:

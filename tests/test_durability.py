@@ -122,8 +122,6 @@ def test_store_files_are_owner_only(spawn, tmp_path: Path) -> None:
 
 def test_default_db_under_xdg_data_home(tmp_path: Path) -> None:
     env = {"XDG_DATA_HOME": str(tmp_path / "data")}
-    with Daemon("--log-level", "error", env=env, db=None) as d:
-        pass
     cmd_env = {**hermetic_env(), **env, "PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.run(
         [os.sys.executable, "-m", "daemon", "serve"],

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 
-from tests.daemon_client import Daemon, RpcError, script
+from tests.daemon_client import Daemon, script
 
 
 def create(d: Daemon, prompt: str = "hi", **params: object) -> dict:

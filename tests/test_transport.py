@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 
 from protocol.events import EVENT_TYPES, event_type_name
 from protocol.methods import METHODS
-from tests.daemon_client import ROOT, Daemon, RpcError, script
+from tests.daemon_client import ROOT, Daemon, script
 
 Spawn = Callable[..., Daemon]
 

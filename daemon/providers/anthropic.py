@@ -12,6 +12,8 @@ the same way for every provider. The cache parts are also reported separately.
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 from typing import Any, AsyncIterator
 
 import msgspec
@@ -21,7 +23,6 @@ from daemon.providers.base import (
     Delta,
     ModelRequest,
     ModelStopReason,
-    ProviderError,
     ReasoningDelta,
     ReasoningSignature,
     RedactedReasoning,
@@ -36,7 +37,6 @@ from daemon.providers.http import (
     Redactor,
     decode_event_json,
     error_from_payload,
-    incomplete_stream,
     with_missing_tool_results,
 )
 from protocol.types import Message, ReasoningBlock, TextBlock, ToolResultBlock, ToolUseBlock, Usage
@@ -99,19 +99,10 @@ class AnthropicProvider(HTTPProvider):
         body = self.build_body(request)
         state = _StreamState(self.name, self._redact)
         url = f"{self.config.base_url}/v1/messages"
-        try:
-            async with self._open_sse(url, self.build_headers(), body) as events:
-                async for sse in events:
-                    if state.done:
-                        continue  # read to the end so the connection can be reused
-                    for delta in state.feed(sse.event, sse.data):
-                        yield delta
-        except ProviderError:
-            if not state.done:
-                raise
-            return  # a fault after message_stop loses nothing
-        if not state.done:
-            raise incomplete_stream(self.name, "message_stop")
+        deltas = self._stream_sse(url, body, lambda sse: state.feed(sse.event, sse.data), lambda: state.done, "message_stop")
+        async with aclosing(deltas):  # an interrupt closes this generator: close the stream now
+            async for delta in deltas:
+                yield delta
 
 
 # ---------------------------------------------------------------- history → API messages

@@ -18,7 +18,7 @@ import email.utils
 import re
 import time
 from contextlib import aclosing, asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,7 +31,7 @@ from daemon.providers.base import ProviderError, RetryPolicy
 from protocol.types import Message, ToolResultBlock, ToolUseBlock
 
 if TYPE_CHECKING:
-    from daemon.providers.base import Provider
+    from daemon.providers.base import Delta, Provider
 
 #: How much of an error body we read; error JSON is small, an HTML error page need not be.
 ERROR_BODY_LIMIT = 64 * 1024
@@ -390,6 +390,34 @@ class HTTPProvider:
         except httpx.HTTPError as exc:
             host = urlsplit(url).netloc.rpartition("@")[2]
             raise error_from_exception(self.name, exc, self._redact, host=host) from None
+
+    async def _stream_sse(
+        self,
+        url: str,
+        body: dict[str, Any],
+        feed: Callable[[ServerSentEvent], Iterable["Delta"]],
+        finished: Callable[[], bool],
+        end_marker: str,
+    ) -> AsyncIterator["Delta"]:
+        """One streamed call, the part both APIs share: feed each SSE event to the adapter's
+        parser until it has seen ``end_marker``, then read the body to its end so the
+        connection can be reused. A fault after the end marker loses nothing and is ignored;
+        a stream that ends before it is a retryable connection error."""
+        try:
+            async with self._open_sse(url, self.build_headers(), body) as events:
+                async for sse in events:
+                    if not finished():
+                        for delta in feed(sse):
+                            yield delta
+        except ProviderError:
+            if not finished():
+                raise
+            return
+        if not finished():
+            raise incomplete_stream(self.name, end_marker)
+
+    def build_headers(self) -> dict[str, str]:
+        raise NotImplementedError
 
     async def _not_a_stream(self, response: httpx.Response, ctype: str) -> ProviderError:
         """Some compatible servers answer 200 with a JSON error instead of a stream."""

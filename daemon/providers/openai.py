@@ -27,6 +27,8 @@ Compatibility choices, each because real servers differ from api.openai.com:
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -57,7 +59,6 @@ from daemon.providers.http import (
     error_from_exception,
     error_from_payload,
     error_from_response,
-    incomplete_stream,
     with_missing_tool_results,
 )
 from protocol.types import Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
@@ -155,19 +156,10 @@ class OpenAIProvider(HTTPProvider):
         body = self.build_body(request)
         state = _StreamState(self.name, self._redact)
         url = f"{self.config.base_url}/chat/completions"
-        try:
-            async with self._open_sse(url, self.build_headers(), body) as events:
-                async for sse in events:
-                    if state.done:
-                        continue  # read to the end so the connection can be reused
-                    for delta in state.feed(sse.data):
-                        yield delta
-        except ProviderError:
-            if not state.done:
-                raise
-            return
-        if not state.done:
-            raise incomplete_stream(self.name, "[DONE]")
+        deltas = self._stream_sse(url, body, lambda sse: state.feed(sse.data), lambda: state.done, "[DONE]")
+        async with aclosing(deltas):  # an interrupt closes this generator: close the stream now
+            async for delta in deltas:
+                yield delta
 
 
 # ---------------------------------------------------------------- history → API messages
