@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     db = None if args.ephemeral else (args.db or default_db_path())
     options = Options(db=db, max_line_bytes=args.max_line_bytes, config=args.config, busy_timeout_ms=args.busy_timeout_ms,
                       shutdown_grace_s=args.shutdown_grace_s)
+    import gc
+
+    # Everything imported so far lives for the whole process: keep the collector from
+    # walking it again and again (full collections were 10 ms pauses in long tool loops).
+    gc.freeze()
     anyio.run(serve, options, 0, out_fd)
     return 0
 

@@ -76,13 +76,26 @@ def offered(tools: list[ToolDef], overlay: ToolOverlay | None) -> list[ToolDef]:
     return [t for t in tools if (allowed is None or t.name in allowed) and t.name not in blocked]
 
 
+_validators: dict[str, tuple[dict[str, Any], Any]] = {}
+
+
+def _validator(tool: ToolDef) -> Any:
+    """A compiled validator per tool schema (kept while the schema object lives)."""
+    cached = _validators.get(tool.name)
+    if cached is None or cached[0] is not tool.input_schema:
+        from jsonschema import Draft202012Validator
+
+        if len(_validators) > 256:
+            _validators.clear()
+        cached = _validators[tool.name] = (tool.input_schema, Draft202012Validator(tool.input_schema))
+    return cached[1]
+
+
 def argument_problem(call: ToolCall, tool: ToolDef) -> str | None:
     """Why the model's arguments do not fit the tool's schema, or None when they do."""
     if "_invalid_json" in call.arguments and len(call.arguments) == 1:
         return "the arguments are not valid JSON"
-    from jsonschema import Draft202012Validator
-
-    error = next(iter(Draft202012Validator(tool.input_schema).iter_errors(call.arguments)), None)
+    error = next(iter(_validator(tool).iter_errors(call.arguments)), None)
     if error is None:
         return None
     where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)

@@ -10,11 +10,13 @@ Text from an attempt that failed and was retried is never committed.
 from __future__ import annotations
 
 import random
+import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from protocol.events import (
@@ -417,6 +419,7 @@ class Turn:
         while True:
             output = self.current = CallOutput()
             try:
+                flushed_at = 0.0
                 async with aclosing(provider.stream(request)) as stream:  # type: ignore[type-var]
                     async for delta in stream:
                         # Sent before kept: an interrupt can land in ``emit``, and what is
@@ -425,7 +428,17 @@ class Turn:
                             await self.emit(TextDeltaEvent(delta.text))
                         elif isinstance(delta, base.ReasoningDelta):
                             await self.emit(ReasoningDeltaEvent(delta.text))
+                        else:
+                            output.feed(delta)
+                            continue
                         output.feed(delta)
+                        # A provider parses a whole network read (up to ~270 deltas) without
+                        # yielding; let the writer flush the first delta at once, then at
+                        # most every millisecond, instead of after the whole read.
+                        now = time.perf_counter()
+                        if now - flushed_at > 0.001:
+                            flushed_at = now
+                            await anyio.lowlevel.checkpoint()
                 return output
             except base.ProviderError as exc:
                 self.current = None

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiosqlite
 import anyio
 import pytest
 
 from daemon import tables
 from daemon.migrations import SCHEMA_VERSION, migrate
+from daemon.store import Connection
 from protocol.types import Usage
 
 
@@ -26,7 +26,8 @@ def _row(i: int, labels: dict[str, str]) -> tables.SessionRow:
 @pytest.mark.parametrize("include_archived", [False, True])
 def test_both_label_plans_give_the_same_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, include_archived: bool) -> None:
     async def main() -> None:
-        async with aiosqlite.connect(tmp_path / "t.db", isolation_level=None) as db:
+        db = Connection(str(tmp_path / "t.db"))
+        try:
             assert await migrate(db) == 0
             await db.execute("BEGIN")
             for i in range(600):
@@ -54,5 +55,7 @@ def test_both_label_plans_give_the_same_pages(tmp_path: Path, monkeypatch: pytes
                         i = int(sid[1:])
                         assert include_archived or i % 11
             assert await migrate(db) == SCHEMA_VERSION
+        finally:
+            db.close()
 
     anyio.run(main)

@@ -96,17 +96,57 @@ def last_user_text(messages: list[Message]) -> str:
     return ""
 
 
+class _Chars:
+    """Characters of a history, counted incrementally: a turn's history only grows, so each
+    model call counts only the messages added since the last one."""
+
+    __slots__ = ("messages", "counted", "chars")
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages, self.counted, self.chars = messages, 0, 0
+
+    def total(self) -> int:
+        if self.counted > len(self.messages):
+            self.counted = self.chars = 0
+        self.chars += _message_chars(self.messages[self.counted :])
+        self.counted = len(self.messages)
+        return self.chars
+
+
 class ScriptedProvider:
     name = NAME
     retry_policy = RetryPolicy(max_retries=3, base_delay_ms=100, max_delay_ms=2_000, jitter=False)
+
+    def __init__(self) -> None:
+        # One entry per params dict / history list in use: a turn passes the same objects to
+        # every model call, so a long script is parsed and a long history counted once.
+        # Holding the objects keeps their ids from being reused while cached.
+        self._scripts: dict[int, tuple[dict[str, Any], list[ScriptStep]]] = {}
+        self._chars: dict[int, _Chars] = {}
 
     @staticmethod
     def parse_params(provider_params: dict[str, Any] | None) -> ScriptedParams:
         """Validate ``provider_params``; raises ``msgspec.ValidationError`` with a path."""
         return msgspec.convert(provider_params or {}, ScriptedParams, strict=True)
 
+    def _script(self, params: dict[str, Any]) -> list[ScriptStep]:
+        cached = self._scripts.get(id(params))
+        if cached is None or cached[0] is not params:
+            if len(self._scripts) > 64:
+                self._scripts.clear()
+            cached = self._scripts[id(params)] = (params, self.parse_params(params).script)
+        return cached[1]
+
+    def _history_chars(self, messages: list[Message]) -> int:
+        counter = self._chars.get(id(messages))
+        if counter is None or counter.messages is not messages:
+            if len(self._chars) > 64:
+                self._chars.clear()
+            counter = self._chars[id(messages)] = _Chars(messages)
+        return counter.total()
+
     async def stream(self, request: ModelRequest) -> AsyncIterator[Delta]:
-        script = self.parse_params(request.provider_params).script
+        script = self._script(request.provider_params)
         position = int(request.state.get("position", 0))
         step: ScriptStep | None = None
         if position < len(script):
@@ -144,7 +184,7 @@ class ScriptedProvider:
             inp, outp = step.usage.input_tokens, step.usage.output_tokens
         else:
             system = len(request.system or "")
-            inp = math.ceil((system + _message_chars(request.messages)) / 4)
+            inp = math.ceil((system + self._history_chars(request.messages)) / 4)
             outp = math.ceil(out_chars / 4)
         yield UsageReport(Usage(inp, outp, inp + outp))
         stop = (step.stop_reason if step else None) or ("tool_use" if calls else "end_turn")

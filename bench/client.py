@@ -1,0 +1,237 @@
+"""A minimal, fast JSON-RPC client for the daemon subprocess.
+
+Why not ``tests/daemon_client.py``: that client runs a reader thread, parses every line
+with ``json`` and keeps every line for assertions, which costs more per message than the
+daemon spends on some requests. Here there are no threads: requests are written with
+``os.write`` and replies are read in large chunks, split into lines, and decoded with
+msgspec into a small envelope whose ``result`` stays raw (undecoded) until asked for.
+The client runs on the second core, so what it costs overlaps with the daemon's work
+instead of adding to it.
+
+Every read has a deadline, so a hung daemon fails that measurement instead of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+READ_SIZE = 1 << 20
+DEFAULT_TIMEOUT = 60.0
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken (daemon died, hung, or answered with an error)."""
+
+
+class _Event(msgspec.Struct):
+    type: str
+
+
+class _Params(msgspec.Struct):
+    event: _Event | None = None
+
+
+class Incoming(msgspec.Struct):
+    """One line from the daemon. ``result`` is kept raw so timing loops don't pay for it."""
+
+    id: int | str | None = None
+    method: str | None = None
+    params: _Params | None = None
+    result: msgspec.Raw = msgspec.Raw()  # empty when absent (msgspec cannot make Raw optional)
+    error: dict[str, Any] | None = None
+
+    @property
+    def event_type(self) -> str | None:
+        if self.params is not None and self.params.event is not None:
+            return self.params.event.type
+        return None
+
+
+decode = msgspec.json.Decoder(Incoming).decode
+_encode = msgspec.json.Encoder().encode
+_any = msgspec.json.Decoder()
+
+
+def encode_request(id_: int, method: str, params: Any | None = None) -> bytes:
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return _encode(msg) + b"\n"
+
+
+def daemon_command(*args: str, python_flags: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, *python_flags, "-m", "daemon", "serve", *args]
+
+
+class Daemon:
+    """The daemon as a subprocess, with a line reader over its stdout."""
+
+    hung_exits: list[str] = []  # daemons that ignored end of input and had to be killed
+    profile_dir: Path | None = None  # when set, every daemon runs under cProfile (``--profile``)
+    _profiles = 0
+
+    def __init__(
+        self,
+        *args: str,
+        python_flags: tuple[str, ...] = (),
+        stderr: Any = subprocess.DEVNULL,
+        env: dict[str, str | None] | None = None,
+    ) -> None:
+        """``env`` overrides the inherited environment; a ``None`` value removes a variable."""
+        if Daemon.profile_dir is not None and not python_flags:
+            Daemon._profiles += 1
+            out = Daemon.profile_dir / f"{Daemon._profiles:03d}-{'-'.join(a.strip('-') for a in args[:1])}.prof"
+            python_flags = ("-m", "cProfile", "-o", str(out))
+        full_env = dict(os.environ)
+        for key, value in (env or {}).items():
+            if value is None:
+                full_env.pop(key, None)
+            else:
+                full_env[key] = value
+        self.proc = subprocess.Popen(
+            daemon_command(*args, python_flags=python_flags),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=ROOT,
+            env=full_env,
+            bufsize=0,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.args = args
+        self.pid = self.proc.pid
+        self._in = self.proc.stdin.fileno()
+        self._out = self.proc.stdout.fileno()
+        self._buf = b""
+        self._pos = 0
+        self._next_id = 0
+
+    # ------------------------------------------------------------------ raw I/O
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._in, view)
+            view = view[n:]
+
+    def _fill(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BenchError("timed out waiting for the daemon")
+        ready, _, _ = select.select([self._out], [], [], remaining)
+        if not ready:
+            raise BenchError("timed out waiting for the daemon")
+        chunk = os.read(self._out, READ_SIZE)
+        if not chunk:
+            raise BenchError(f"the daemon closed stdout (exit code {self.proc.poll()})")
+        self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
+        self._pos = 0
+
+    def read_line(self, deadline: float) -> bytes:
+        while True:
+            end = self._buf.find(b"\n", self._pos)
+            if end >= 0:
+                line = self._buf[self._pos : end]
+                self._pos = end + 1
+                return line
+            self._fill(deadline)
+
+    def read_lines(self, deadline: float) -> list[bytes]:
+        """Every complete line already buffered, reading the pipe only when there is none.
+
+        Handing back lines in bulk lets a pipelined caller answer a whole chunk of
+        responses with one ``write``, instead of one system call per response.
+        """
+        while True:
+            end = self._buf.rfind(b"\n", self._pos)
+            if end >= 0:
+                lines = self._buf[self._pos : end].split(b"\n")
+                self._pos = end + 1
+                return lines
+            self._fill(deadline)
+
+    def messages(self, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Incoming]:
+        """Decoded lines as they arrive, until the caller stops iterating."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.read_line(deadline)
+            if line.strip():
+                yield decode(line)
+
+    # ------------------------------------------------------------------ requests
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def send(self, method: str, params: Any | None = None) -> int:
+        id_ = self.new_id()
+        self.write(encode_request(id_, method, params))
+        return id_
+
+    def wait(self, id_: int, timeout: float = DEFAULT_TIMEOUT) -> Incoming:
+        """Read until the response ``id_``; notifications in between are skipped."""
+        for msg in self.messages(timeout):
+            if msg.id == id_ and msg.method is None:
+                if msg.error is not None:
+                    raise BenchError(f"request {id_} failed: {msg.error}")
+                return msg
+        raise AssertionError("unreachable")
+
+    def call(self, method: str, params: Any | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Request, wait, and return the decoded ``result``."""
+        return result_of(self.wait(self.send(method, params), timeout))
+
+    def initialize(self) -> Any:
+        return self.call("initialize", {"protocol_version": 1, "client_info": {"name": "warren-bench", "version": "1"}})
+
+    # ------------------------------------------------------------------ process
+
+    def status(self) -> dict[str, str]:
+        """``/proc/<pid>/status`` as a dict (VmRSS, VmHWM, ...)."""
+        out = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+        return out
+
+    def close(self, timeout: float = 10.0) -> int:
+        """End of input is a clean shutdown (PROTOCOL.md §1); kill only if it hangs."""
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                Daemon.hung_exits.append(" ".join(self.args))
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def result_of(msg: Incoming) -> Any:
+    if msg.error is not None:
+        raise BenchError(f"request {msg.id} failed: {msg.error}")
+    if not msg.result:
+        raise BenchError(f"response {msg.id} has no result")
+    return _any.decode(msg.result)
