@@ -8,26 +8,27 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import anyio
 
 from .dispatch import Dispatcher
 from .handlers import ClientState, build_handlers
 from .providers import ProviderRegistry
 from .server import Connection
-from .service import SessionService
 from .stdio import Writer
 from .store import Store
 from .logs import get_logger
 
+if TYPE_CHECKING:
+    from .service import SessionService
+
 log = get_logger("warren.app")
 
 
-@dataclass
-class Options:
+class Options(msgspec.Struct):
     db: Path | None
     max_line_bytes: int
     config: Path | None = None
@@ -42,27 +43,46 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
     )
     connection.writer.on_broken = connection.stop_reading
     registry, startup_logs = load_providers(options.config)
-    service = SessionService(store, registry, connection, channel=connection)
-    store.on_open = service.recover
-    connection.on_shutdown = service.interrupt_all
-    connection.dispatcher = Dispatcher(
-        build_handlers(service, connection, ClientState(), max_line_bytes=options.max_line_bytes)
-    )
     startup_logs.append(
         ("info", "started", {"db": str(options.db) if options.db else ":memory:", "max_line_bytes": options.max_line_bytes})
     )
+    built: list[SessionService] = []
 
-    def after_first_line() -> None:
-        """Work that must not delay the first answer: opening the store, writing the
-        start-up log lines (and so importing the logging machinery)."""
+    def service() -> SessionService:
+        """The session service, imported and built on first use (see ``build_handlers``)."""
+        if not built:
+            from .service import SessionService
+
+            made = SessionService(store, registry, connection, channel=connection)
+            made.spawn = root.start_soon
+            made.accepting = not stopping
+            store.on_open = made.recover  # before the store opens: nothing may see a dead turn
+            built.append(made)
+        return built[0]
+
+    stopping = False
+
+    async def interrupt_turns() -> None:
+        nonlocal stopping
+        stopping = True  # a service built from now on starts out shutting down
+        if built:
+            await built[0].interrupt_all()
+
+    async def warm_up() -> None:
+        """Work that must not delay the first answer, run after the first line's task:
+        building the service, opening the store, writing the start-up log lines."""
+        service()
         store.want_open()
         for level, event, fields in startup_logs:
             getattr(log, level)(event, **fields)
 
-    connection.on_first_line = after_first_line
+    connection.on_shutdown = interrupt_turns
+    connection.on_first_line = lambda: root.start_soon(warm_up)
+    connection.dispatcher = Dispatcher(
+        build_handlers(service, registry, connection, ClientState(), max_line_bytes=options.max_line_bytes)
+    )
 
     async with anyio.create_task_group() as root:
-        service.spawn = root.start_soon
         root.start_soon(connection.writer.run)
         await root.start(store.run)
         root.start_soon(_watch_signals, connection)
@@ -71,7 +91,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         with anyio.move_on_after(options.shutdown_grace_s):
             await connection.writer.wait_drained()
         with anyio.move_on_after(1, shield=True):
-            await service.providers.aclose()
+            await registry.aclose()
         root.cancel_scope.cancel()
     log.info("stopped")
 

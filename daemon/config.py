@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -194,6 +193,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file_path}: cannot read config file: {exc.__class__.__name__}") from None
     else:
+        import tomllib  # only when there is a file to read
+
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

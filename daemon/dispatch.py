@@ -8,7 +8,6 @@ to the client. What remains for us to do is small and lives here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -29,12 +28,11 @@ Handler = Callable[[Any, "RequestContext"], Awaitable[msgspec.Struct]]
 QUIET_METHODS = frozenset({"initialize", "session/read", "session/list", "session/history", "providers/list"})
 
 
-@dataclass
-class RequestContext:
+class RequestContext(msgspec.Struct):
     id: Any
     method: str
     session_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class Dispatcher:

@@ -7,7 +7,8 @@ exception becomes a JSON-RPC error, so the table in PROTOCOL.md section 6 lives 
 
 from __future__ import annotations
 
-import uuid
+import os
+
 from typing import Any
 
 from protocol.errors import ErrorObject, error_object
@@ -197,7 +198,7 @@ class Internal(WarrenError):
 
 
 def new_error_id() -> str:
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()
 
 
 def to_wire(exc: BaseException, error_id: str | None = None) -> ErrorObject:

@@ -6,7 +6,7 @@ Handlers hold no protocol logic (that is ``dispatch`` and ``server``) and no ses
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from protocol import DEFAULT_MAX_LINE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
 from protocol import types as t
@@ -14,8 +14,11 @@ from protocol.events import EVENT_TYPES, event_type_name
 
 from . import __version__, errors
 from .dispatch import Handler, RequestContext
+from .providers import ProviderRegistry
 from .server import Connection
-from .service import SessionService
+
+if TYPE_CHECKING:
+    from .service import SessionService
 
 
 class ClientState:
@@ -25,8 +28,16 @@ class ClientState:
 
 
 def build_handlers(
-    service: SessionService, connection: Connection, client: ClientState, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    service: Callable[[], "SessionService"],
+    providers: ProviderRegistry,
+    connection: Connection,
+    client: ClientState,
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> dict[str, Handler]:
+    """``service`` builds the session service on first use: ``initialize`` and
+    ``providers/list`` never need it, so answering them never waits for its imports."""
+
     async def initialize(p: t.InitializeParams, ctx: RequestContext) -> t.InitializeResult:
         if p.protocol_version != PROTOCOL_VERSION:
             raise errors.InvalidRequest.at(
@@ -45,50 +56,50 @@ def build_handlers(
             capabilities=t.ServerCapabilities(
                 methods=connection.dispatcher.methods,
                 events=[event_type_name(e) for e in EVENT_TYPES],
-                providers=service.providers.names(),
+                providers=providers.names(),
             ),
             limits=t.Limits(max_line_bytes=max_line_bytes, max_page_size=MAX_PAGE_SIZE),
         )
 
     async def shutdown(p: t.ShutdownParams, ctx: RequestContext) -> t.EmptyResult:
-        await service.interrupt_all()
+        await service().interrupt_all()
         await connection.settle_others(ctx.id)
         return t.EmptyResult()
 
     async def create(p: t.SessionCreateParams, ctx: RequestContext) -> Any:
-        result = await service.create(p)
+        result = await service().create(p)
         ctx.session_id = result.session_id
         return result
 
     async def start(p: t.TurnStartParams, ctx: RequestContext) -> t.RunResult:
-        return await service.start_turn(p)
+        return await service().start_turn(p)
 
     async def interrupt(p: t.TurnInterruptParams, ctx: RequestContext) -> t.InterruptResult:
-        return await service.interrupt(p)
+        return await service().interrupt(p)
 
     async def read(p: t.SessionIdParams, ctx: RequestContext) -> t.SessionView:
-        return await service.read(p.session_id)
+        return await service().read(p.session_id)
 
     async def list_(p: t.SessionListParams, ctx: RequestContext) -> t.SessionListResult:
-        return await service.list(p)
+        return await service().list(p)
 
     async def history(p: t.SessionHistoryParams, ctx: RequestContext) -> t.SessionHistoryPage:
-        return await service.history(p)
+        return await service().history(p)
 
     async def archive(p: t.SessionIdParams, ctx: RequestContext) -> t.ArchiveResult:
-        return await service.archive(p.session_id)
+        return await service().archive(p.session_id)
 
     async def append(p: t.AppendSystemContextParams, ctx: RequestContext) -> t.AppendSystemContextResult:
-        return await service.append_system_context(p)
+        return await service().append_system_context(p)
 
     async def stage(p: t.StageToolResultsParams, ctx: RequestContext) -> t.StageToolResultsResult:
-        return await service.stage_tool_results(p)
+        return await service().stage_tool_results(p)
 
     async def set_tools(p: t.SetToolsParams, ctx: RequestContext) -> t.SetToolsResult:
-        return await service.set_tools(p)
+        return await service().set_tools(p)
 
     async def providers_list(p: t.ProvidersListParams, ctx: RequestContext) -> t.ProvidersListResult:
-        registry = service.providers
+        registry = providers
         error = registry.config_error
         return t.ProvidersListResult(
             registry.describe(),

@@ -25,11 +25,10 @@ import errno
 import fcntl
 import os
 import sqlite3
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
+import msgspec
 import anyio
 
 from . import errors
@@ -77,11 +76,10 @@ def _is_store_failure(exc: BaseException) -> bool:
     return isinstance(exc, (sqlite3.Error, OSError))
 
 
-@dataclass
-class _Job:
+class _Job(msgspec.Struct):
     fn: Unit[Any]
     readonly: bool = False
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = msgspec.field(default_factory=anyio.Event)
     result: Any = None
     error: BaseException | None = None
 
@@ -143,7 +141,7 @@ class OwnerLock:
     """
 
     def __init__(self, db_path: Path | None) -> None:
-        self.owner_id = uuid.uuid4().hex
+        self.owner_id = os.urandom(16).hex()
         self._dir = None if db_path is None else db_path.with_name(db_path.name + ".owners")
         self._fd: int | None = None
 
@@ -261,7 +259,7 @@ class Store:
         if self.path is None:
             # A named shared-cache memory database, so reads can also run inline on a
             # second connection (a table a write holds answers "locked": then they queue).
-            uri = f"file:warren-{uuid.uuid4().hex}?mode=memory&cache=shared"
+            uri = f"file:warren-{os.urandom(16).hex()}?mode=memory&cache=shared"
             self._writer = Connection(uri, uri=True, busy_timeout_ms=busy)
             self._inline = Connection(uri, uri=True, query_only=True)
         else:

@@ -7,7 +7,6 @@ they see one snapshot even on the autocommit read connection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -25,8 +24,7 @@ def dumps(value: Any) -> str:
     return _enc.encode(value).decode()
 
 
-@dataclass(slots=True)
-class SessionRow:
+class SessionRow(msgspec.Struct):
     session_id: str
     created_at_ms: int
     updated_at_ms: int

@@ -9,7 +9,6 @@ error result the model can read and correct.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol
 
 import anyio
@@ -100,12 +99,6 @@ def argument_problem(call: ToolCall, tool: ToolDef) -> str | None:
         return None
     where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
     return f"{error.message} (at {where})"
-
-
-@dataclass
-class ToolOutcome:
-    result: ToolResultBlock
-    executed: bool
 
 
 Emit = Callable[[Event], Awaitable[None]]

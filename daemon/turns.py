@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import time
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import anyio
@@ -62,8 +61,7 @@ log = get_logger("warren.turns")
 _json = msgspec.json.Decoder()
 
 
-@dataclass
-class TurnSetup:
+class TurnSetup(msgspec.Struct):
     """What the service's claim committed and the turn needs to run."""
 
     session_id: str
@@ -78,16 +76,15 @@ class TurnSetup:
     message_count: int
     next_seq: int
     seq_reserved: int
-    applied_context: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    applied_context: list[tuple[str, str | None, str | None]] = msgspec.field(default_factory=list)
     overlay: ToolOverlay | None = None
     budget: Budget | None = None
     tool_timeout_ms: int = 120_000
 
 
-@dataclass
-class _Block:
+class _Block(msgspec.Struct):
     kind: str
-    parts: list[str] = field(default_factory=list)
+    parts: list[str] = msgspec.field(default_factory=list)
     signature: str | None = None
     redacted: str | None = None
     tool_id: str = ""

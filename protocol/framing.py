@@ -8,11 +8,11 @@ the daemon hold more than ``max_line_bytes`` of one line in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class Oversized:
+
+class Oversized(msgspec.Struct, frozen=True):
     """A line that exceeded the limit and was discarded; ``size`` is at least this many bytes."""
 
     size: int

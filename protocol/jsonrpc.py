@@ -6,7 +6,6 @@ module only decides what the message *is*, following JSON-RPC 2.0 sections 4 to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Union
 
 import msgspec
@@ -19,21 +18,18 @@ _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     id: Id
     method: str
     params: Any  # dict, list, or _ABSENT
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(msgspec.Struct, frozen=True):
     method: str
     params: Any
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(msgspec.Struct, frozen=True):
     """A client's answer to a request the daemon sent (``tool/execute``)."""
 
     id: Id
@@ -41,8 +37,7 @@ class Response:
     error: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
+class Invalid(msgspec.Struct, frozen=True):
     """An element that is not a valid JSON-RPC message; answered with ``error`` and ``id``."""
 
     id: Id
@@ -52,8 +47,7 @@ class Invalid:
 Message = Union[Request, Notification, Response, Invalid]
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(msgspec.Struct, frozen=True):
     messages: list[Message]
 
 

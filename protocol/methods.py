@@ -6,15 +6,13 @@ from this one mapping, so none of them can forget a method.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import msgspec
 
 from . import types as t
 
 
-@dataclass(frozen=True)
-class MethodSpec:
+class MethodSpec(msgspec.Struct, frozen=True):
     params: type[msgspec.Struct]
     result: tuple[type[msgspec.Struct], ...]
 

@@ -11,16 +11,16 @@ provider's own numbering within one model call; the turn loop orders blocks by i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Literal, Protocol, Union
+
+import msgspec
 
 from protocol.types import Message, ToolDef, Usage
 
 ModelStopReason = Literal["end_turn", "max_tokens", "tool_use", "refusal"]
 
 
-@dataclass(slots=True)
-class ModelRequest:
+class ModelRequest(msgspec.Struct):
     """Everything one model call needs. ``messages`` is the session's history in order,
     including ``system`` messages appended by ``session/append_system_context``; ``system``
     is the session's system prompt."""
@@ -30,64 +30,56 @@ class ModelRequest:
     messages: list[Message]
     tools: list[ToolDef]
     max_tokens: int | None
-    provider_params: dict[str, Any] = field(default_factory=dict)
+    provider_params: dict[str, Any] = msgspec.field(default_factory=dict)
     #: Provider-private state persisted with the session after each model call (the
     #: scripted provider keeps its script position here). Mutate it in place.
-    state: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class TextDelta:
+class TextDelta(msgspec.Struct, frozen=True):
     index: int
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class ReasoningDelta:
+class ReasoningDelta(msgspec.Struct, frozen=True):
     index: int
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class ReasoningSignature:
+class ReasoningSignature(msgspec.Struct, frozen=True):
     """Anthropic's signature for a thinking block; must be sent back with the block."""
 
     index: int
     signature: str
 
 
-@dataclass(frozen=True, slots=True)
-class RedactedReasoning:
+class RedactedReasoning(msgspec.Struct, frozen=True):
     """An opaque redacted-thinking payload, kept and sent back unchanged."""
 
     index: int
     data: str
 
 
-@dataclass(frozen=True, slots=True)
-class ToolUseStart:
+class ToolUseStart(msgspec.Struct, frozen=True):
     index: int
     id: str
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class ToolUseArgsDelta:
+class ToolUseArgsDelta(msgspec.Struct, frozen=True):
     """A fragment of the tool call's JSON arguments; fragments concatenate in order."""
 
     index: int
     fragment: str
 
 
-@dataclass(frozen=True, slots=True)
-class UsageReport:
+class UsageReport(msgspec.Struct, frozen=True):
     """Usage for this model call so far; the last report of a call is its total."""
 
     usage: Usage
 
 
-@dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(msgspec.Struct, frozen=True):
     stop_reason: ModelStopReason
 
 
@@ -133,8 +125,7 @@ class ProviderError(Exception):
         self.error_type = error_type
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(msgspec.Struct, frozen=True):
     """Exponential backoff with full jitter, capped; a server's retry-after wins."""
 
     max_retries: int = 3

@@ -30,7 +30,6 @@ from __future__ import annotations
 from contextlib import aclosing
 
 import uuid
-from dataclasses import dataclass
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
@@ -219,8 +218,7 @@ def to_openai_messages(system: str | None, messages: list[Message]) -> list[dict
 # ---------------------------------------------------------------- chunks → deltas
 
 
-@dataclass(slots=True)
-class _ToolCall:
+class _ToolCall(msgspec.Struct):
     id: str = ""
     name: str = ""
     started: bool = False
