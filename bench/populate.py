@@ -14,7 +14,6 @@ session, and labels are in both ``sessions.labels`` and ``session_labels``.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 import uuid
@@ -25,22 +24,10 @@ from typing import Any, Iterator
 import msgspec
 
 from daemon.migrations import migrate
+from daemon.store import Connection, drive
 
 BASE_MS = 1_780_000_000_000
 _dumps = msgspec.json.Encoder().encode
-
-
-class _AsyncAdapter:
-    """The slice of aiosqlite's interface that ``migrate`` uses, over plain sqlite3."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
-
-    async def execute_fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        return self.conn.execute(sql, params).fetchall()
 
 
 def uuid7(ms: int, n: int) -> str:
@@ -73,10 +60,10 @@ class Populated:
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
+    db = Connection(str(path))  # the daemon's own connection type and schema
+    conn = db.raw
     conn.execute("PRAGMA journal_mode = WAL")  # as the daemon's store leaves the file
-    conn.execute("PRAGMA foreign_keys = ON")
-    asyncio.run(migrate(_AsyncAdapter(conn)))
+    drive(migrate(db))
     conn.execute("PRAGMA synchronous = OFF")  # population only: nothing here needs durability
     return conn
 

@@ -35,7 +35,7 @@ def environment() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     versions = {}
-    for dist in ("msgspec", "anyio", "aiosqlite", "structlog"):
+    for dist in ("msgspec", "anyio", "structlog", "httpx"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
