@@ -15,7 +15,6 @@ from daemon.config import ProviderConfig
 from daemon.providers.base import (
     Delta,
     ModelRequest,
-    ProviderError,
     ReasoningDelta,
     Stop,
     TextDelta,
@@ -26,6 +25,8 @@ from daemon.providers.base import (
 from daemon.providers.http import MISSING_TOOL_RESULT, Redactor
 from daemon.providers.openai import OpenAIProvider, _StreamState, to_openai_messages
 from protocol.types import Message, ReasoningBlock, TextBlock, ToolDef, ToolResultBlock, ToolUseBlock, Usage
+from tests.provider_helpers import collect, failure, msg
+from tests.provider_helpers import request as make_request
 from tests.fakes.llm_server import (
     Event,
     FakeLLMServer,
@@ -78,32 +79,8 @@ async def provider(server: FakeLLMServer):
     await p.aclose()
 
 
-def msg(index: int, role: str, *blocks: Any) -> Message:
-    return Message(index=index, role=role, content=list(blocks), created_at_ms=1_700_000_000_000 + index)  # type: ignore[arg-type]
-
-
 def request(*messages: Message, **kw: Any) -> ModelRequest:
-    fields: dict[str, Any] = {
-        "model": "gpt-4o-mini",
-        "system": "You are terse.",
-        "messages": list(messages) or [msg(0, "user", TextBlock("Hi"))],
-        "tools": [],
-        "max_tokens": None,
-    }
-    fields.update(kw)
-    return ModelRequest(**fields)
-
-
-async def collect(provider: OpenAIProvider, req: ModelRequest) -> list[Delta]:
-    return [d async for d in provider.stream(req)]
-
-
-async def failure(provider: OpenAIProvider, req: ModelRequest) -> tuple[list[Delta], ProviderError]:
-    got: list[Delta] = []
-    with pytest.raises(ProviderError) as info:
-        async for d in provider.stream(req):
-            got.append(d)
-    return got, info.value
+    return make_request("gpt-4o-mini", *messages, **kw)
 
 
 def tool_calls_of(deltas: list[Delta]) -> dict[int, tuple[str, str, Any]]:
