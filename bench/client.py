@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgspec
 
@@ -227,6 +227,25 @@ class Daemon:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def read_turn(daemon: "Daemon", id_: Any, deadline: float, on_read: Callable[[int], None]) -> Incoming:
+    """Read until the response to ``id_``; after each read, ``on_read(n)`` gets the number
+    of ``text_delta`` notifications it held, so a caller can time the stream as it comes."""
+    while True:
+        deltas = 0
+        response = None
+        for raw in daemon.read_lines(deadline):
+            if not raw:
+                continue
+            msg = decode(raw)
+            if msg.method == "session/event":
+                deltas += msg.event_type == "text_delta"
+            elif msg.id == id_:
+                response = msg
+        on_read(deltas)
+        if response is not None:
+            return response
 
 
 def result_of(msg: Incoming) -> Any:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .client import ROOT, BenchError, Daemon, decode, encode_request, result_of
+from .client import ROOT, BenchError, Daemon, encode_request, read_turn, result_of
 from .results import Metric, Section, Target, latency_metric, summarize
 
 DELTAS = 2_000
@@ -116,25 +116,18 @@ def _turn(daemon: Daemon, server: Any, session_id: str, n: int) -> _Turn:
     offset = _wall_offset()
     start_wall = time.time()
     start = time.perf_counter()
-    daemon.write(line)
-    response = None
-    while response is None:
-        lines = daemon.read_lines(deadline)
+    def on_read(n: int) -> None:
+        nonlocal deltas, first_batch, first_wall, last_wall
+        if not n:
+            return
         now = time.time()  # the fake server's clock
-        for raw in lines:
-            if not raw:
-                continue
-            msg = decode(raw)
-            if msg.method == "session/event":
-                if msg.event_type == "text_delta":
-                    deltas += 1
-                    if deltas == 1:
-                        first_wall = now
-                    last_wall = now
-            elif msg.id == id_:
-                response = msg
-        if deltas and not first_batch:
-            first_batch = deltas
+        if not deltas:
+            first_wall, first_batch = now, n
+        deltas += n
+        last_wall = now
+
+    daemon.write(line)
+    response = read_turn(daemon, id_, deadline, on_read)
     elapsed = time.perf_counter() - start
     clock_ok = abs(_wall_offset() - offset) <= MAX_CLOCK_DRIFT_S
     result = result_of(response)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .client import BenchError, Daemon, decode, encode_request, result_of
+from .client import BenchError, Daemon, encode_request, read_turn, result_of
 from .loops import pipelined, sequential
 from .results import Metric, Section, Target, latency_metric
 
@@ -79,21 +79,16 @@ def _delta_turn(daemon: Daemon) -> tuple[float, float]:
     deadline = time.monotonic() + 120
     deltas = 0
     first = 0.0
+
+    def on_read(n: int) -> None:
+        nonlocal deltas, first
+        if n and not deltas:
+            first = time.perf_counter() - start
+        deltas += n
+
     start = time.perf_counter()
     daemon.write(line)
-    response = None
-    while response is None:
-        for raw in daemon.read_lines(deadline):
-            if not raw:
-                continue
-            msg = decode(raw)
-            if msg.method == "session/event":
-                if msg.event_type == "text_delta":
-                    deltas += 1
-                    if deltas == 1:
-                        first = time.perf_counter() - start
-            elif msg.id == id_:
-                response = msg
+    response = read_turn(daemon, id_, deadline, on_read)
     elapsed = time.perf_counter() - start
     result = result_of(response)
     if deltas != DELTAS:

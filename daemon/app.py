@@ -15,7 +15,7 @@ import msgspec
 import anyio
 
 from .dispatch import Dispatcher
-from .handlers import ClientState, build_handlers
+from .handlers import build_handlers
 from .providers import ProviderRegistry
 from .server import Connection
 from .stdio import Writer
@@ -79,7 +79,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
     connection.on_shutdown = interrupt_turns
     connection.on_first_line = lambda: root.start_soon(warm_up)
     connection.dispatcher = Dispatcher(
-        build_handlers(service, registry, connection, ClientState(), max_line_bytes=options.max_line_bytes)
+        build_handlers(service, registry, connection, max_line_bytes=options.max_line_bytes)
     )
 
     async with anyio.create_task_group() as root:

@@ -127,10 +127,26 @@ class FailedWithData(SessionError):
 class ProviderFailed(SessionError):
     code = "PROVIDER_ERROR"
 
-    def __init__(self, message: str, data: dict[str, Any], retryable: bool) -> None:
-        super().__init__(message)
-        self._data = data
+    def __init__(
+        self,
+        provider: str,
+        kind: str,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after_ms: int | None = None,
+        provider_error_type: str | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {message}")
         self.retryable = retryable
+        self._data = {
+            "provider": provider,
+            "kind": kind,
+            "status": status,
+            "retry_after_ms": retry_after_ms,
+            "provider_error_type": provider_error_type,
+        }
 
     def data(self) -> dict[str, Any]:
         return self._data

@@ -21,17 +21,10 @@ if TYPE_CHECKING:
     from .service import SessionService
 
 
-class ClientState:
-    def __init__(self) -> None:
-        self.info: t.ClientInfo | None = None
-        self.capabilities = t.ClientCapabilities()
-
-
 def build_handlers(
     service: Callable[[], "SessionService"],
     providers: ProviderRegistry,
     connection: Connection,
-    client: ClientState,
     *,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> dict[str, Handler]:
@@ -43,9 +36,7 @@ def build_handlers(
             raise errors.InvalidRequest.at(
                 "$.protocol_version", f"unsupported version {p.protocol_version}; this daemon speaks {PROTOCOL_VERSION}"
             )
-        client.info = p.client_info
         if p.capabilities is not None:
-            client.capabilities = p.capabilities
             connection.tool_execute = p.capabilities.tool_execute
         if p.client_info is not None:
             ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()

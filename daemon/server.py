@@ -142,10 +142,7 @@ class Connection:
             if self.on_shutdown is not None:
                 with anyio.move_on_after(self.shutdown_grace_s):
                     await self.on_shutdown()
-            with anyio.move_on_after(self.shutdown_grace_s) as grace:
-                while self._inflight:
-                    await anyio.sleep(0.01)
-            if grace.cancelled_caught:
+            if not await self.settle_others(None):
                 tasks.cancel_scope.cancel()
 
     async def _read_loop(self, in_fd: int) -> None:
@@ -155,7 +152,10 @@ class Connection:
                 await self._handle_line(line)
         for line in buffer.eof():
             await self._handle_line(line)
-        if self.on_first_line is not None:  # input ended before any line
+        self._first_line_seen()  # input ended before any line
+
+    def _first_line_seen(self) -> None:
+        if self.on_first_line is not None:
             first, self.on_first_line = self.on_first_line, None
             first()
 
@@ -163,10 +163,7 @@ class Connection:
         try:
             await self._dispatch_line(line)
         finally:
-            if self.on_first_line is not None:
-                # after the line's task is spawned, so the task runs first
-                first, self.on_first_line = self.on_first_line, None
-                first()
+            self._first_line_seen()  # after the line's task is spawned, so that task runs first
 
     async def _dispatch_line(self, line: bytes | Oversized) -> None:
         if isinstance(line, Oversized):
@@ -191,21 +188,24 @@ class Connection:
             else:
                 self._tasks.start_soon(self._run_single, message, admitted)
         else:
-            await self._handle_other(message)
+            error = self._route(message, self._tasks)
+            if error is not None:
+                await self.writer.send(error, direct=True)
 
-    async def _handle_other(self, message: jsonrpc.Message) -> None:
-        """Invalid messages, notifications and client responses."""
+    def _route(self, message: jsonrpc.Message, tasks: anyio.abc.TaskGroup) -> bytes | None:
+        """Invalid messages, notifications and client responses, alone or in a batch:
+        returns the error line an invalid message is answered with."""
         if isinstance(message, jsonrpc.Invalid):
             log.info("invalid_message", code=message.error.data.get("code"))
-            await self._send_error(message.id, message.error)
+            return jsonrpc.encode_error(message.id, message.error)
         if isinstance(message, jsonrpc.Notification):
             if message.method in CLIENT_NOTIFICATIONS:
                 self._notification(message)
             else:
-                assert self._tasks is not None
-                self._tasks.start_soon(self._run_notification, message)
+                tasks.start_soon(self._run_notification, message)
         elif isinstance(message, jsonrpc.Response):
             self._client_response(message)
+        return None
 
     def _notification(self, message: jsonrpc.Notification) -> None:
         if message.method == "$/cancelRequest":
@@ -219,11 +219,14 @@ class Connection:
             if scope is not None:
                 scope.cancel()
 
-    async def settle_others(self, own_id: Any) -> None:
-        """Wait (bounded) until every in-flight request but ``own_id`` has answered."""
+    async def settle_others(self, own_id: Any) -> bool:
+        """Wait (at most the grace period) until every in-flight request but ``own_id`` has
+        answered; returns whether they all did."""
         with anyio.move_on_after(self.shutdown_grace_s):
             while any(k != own_id for k in self._inflight):
                 await anyio.sleep(0.01)
+            return True
+        return False
 
     def _admit(self, request: jsonrpc.Request) -> ErrorObject | anyio.CancelScope:
         """Refuse a duplicate in-flight id, or register the request as in flight right away
@@ -288,14 +291,8 @@ class Connection:
                         parts[i] = jsonrpc.encode_error(message.id, admitted)
                     else:
                         tasks.start_soon(run, i, message, admitted)
-                elif isinstance(message, jsonrpc.Invalid):
-                    parts[i] = jsonrpc.encode_error(message.id, message.error)
-                elif isinstance(message, jsonrpc.Notification) and message.method in CLIENT_NOTIFICATIONS:
-                    self._notification(message)
-                elif isinstance(message, jsonrpc.Notification):
-                    tasks.start_soon(self._run_notification, message)
-                elif isinstance(message, jsonrpc.Response):
-                    self._client_response(message)
+                else:
+                    parts[i] = self._route(message, tasks)
         answered = [p for p in parts if p is not None]
         if answered:
             await self.writer.send(jsonrpc.encode_batch(answered), direct=True)

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 
 from protocol.types import (
+    DEFAULT_TOOL_TIMEOUT_MS,
     AppendSystemContextParams,
     AppendSystemContextResult,
     ArchiveResult,
@@ -27,7 +28,6 @@ from protocol.types import (
     SessionInfo,
     SessionListParams,
     SessionListResult,
-    SessionSummary,
     SessionView,
     SetToolsParams,
     SetToolsResult,
@@ -39,6 +39,7 @@ from protocol.types import (
     ToolUseBlock,
     TurnInterruptParams,
     TurnStartParams,
+    Usage,
 )
 
 from . import errors, tables
@@ -51,6 +52,14 @@ from .turns import Turn, TurnSetup
 from .logs import get_logger
 
 log = get_logger("warren.service")
+
+
+async def _live_row(db: Any, session_id: str) -> tables.SessionRow:
+    """The session's row; a missing or archived session is SESSION_NOT_FOUND."""
+    row = await tables.get_session(db, session_id)
+    if row is None or row.archived:
+        raise errors.NotFound(session_id)
+    return row
 
 
 class SessionService:
@@ -87,6 +96,18 @@ class SessionService:
         if owner == self.store.owner.owner_id:
             return turn_id in self._claimed
         return self.store.owner.is_alive(owner)
+
+    def _running(self, turn_id: str | None, owner: str | None) -> bool:
+        """Whether a turn recorded as running really runs (its daemon is alive)."""
+        return turn_id is not None and self._owner_alive(owner, turn_id)
+
+    def _not_while_running(self, row: tables.SessionRow, what: str) -> None:
+        if self._running(row.running_turn_id, row.running_owner):
+            assert row.running_turn_id is not None
+            raise errors.Busy(
+                row.session_id, row.running_turn_id,
+                f"Session {row.session_id!r} is running turn {row.running_turn_id!r}: {what}",
+            )
 
     async def _close_dead_turn(self, db: Any, turn_id: str, session_id: str) -> None:
         """Close a turn whose process died, keeping what it committed. A tool step it left
@@ -125,7 +146,7 @@ class SessionService:
             labels=dict(p.labels),
             archived=False,
             message_count=0,
-            usage=tables.usage_of(0, 0, 0, 0),
+            usage=Usage.zero(),
             last_assistant_text=None,
             budget=p.budget,
             provider_params=p.provider_params,
@@ -135,7 +156,7 @@ class SessionService:
             next_seq=1,
             running_turn_id=None,
             running_owner=None,
-            tool_timeout_ms=p.tool_timeout_ms or 120_000,
+            tool_timeout_ms=p.tool_timeout_ms or DEFAULT_TOOL_TIMEOUT_MS,
         )
         if defer:
             await self.store.write(lambda db: tables.insert_session(db, row))
@@ -145,9 +166,6 @@ class SessionService:
         return await self._run_turn(row.session_id, p.prompt or "", new_session=row)
 
     async def start_turn(self, p: TurnStartParams) -> RunResult:
-        if p.provider_params is not None:
-            row = await self._live_session(p.session_id)
-            self.providers.check_params(row.provider, p.provider_params, "$.provider_params")
         return await self._run_turn(
             p.session_id,
             p.prompt,
@@ -175,13 +193,13 @@ class SessionService:
         async def claim(db: Any) -> tuple[tables.SessionRow, list[Message], list[tuple[str, str | None, str | None]]]:
             if new_session is not None:
                 await tables.insert_session(db, new_session)
-            row = await tables.get_session(db, session_id)
-            if row is None or row.archived:
-                raise errors.NotFound(session_id)
+            row = await _live_row(db, session_id)
             if row.running_turn_id is not None:
                 if self._owner_alive(row.running_owner, row.running_turn_id):
                     raise errors.Busy(session_id, row.running_turn_id)
                 await self._close_dead_turn(db, row.running_turn_id, session_id)
+            if provider_params is not None:
+                self.providers.check_params(row.provider, provider_params, "$.provider_params")
             if system_prompt is not None and row.message_count > 0:
                 raise errors.InvalidRequest.at("$.system_prompt", "only allowed while the session has no messages")
             now = now_ms()
@@ -252,7 +270,6 @@ class SessionService:
             provider_state=row.provider_state,
             message_count=row.message_count + len(new),
             next_seq=row.next_seq,
-            seq_reserved=row.next_seq + RESERVATION,
             applied_context=applied,
             overlay=overlay,
             budget=row.budget,
@@ -277,7 +294,7 @@ class SessionService:
         turn = self.turns.get(p.session_id)
         if turn is None:
             row = await self._live_session(p.session_id)
-            if row.running_turn_id is not None and self._owner_alive(row.running_owner, row.running_turn_id):
+            if self._running(row.running_turn_id, row.running_owner):
                 if row.running_owner != self.store.owner.owner_id:
                     raise errors.Unsupported(
                         "turn/interrupt",
@@ -305,10 +322,7 @@ class SessionService:
     # ------------------------------------------------------------------ reads
 
     async def _live_session(self, session_id: str) -> tables.SessionRow:
-        row = await self.store.read(lambda db: tables.get_session(db, session_id))
-        if row is None or row.archived:
-            raise errors.NotFound(session_id)
-        return row
+        return await self.store.read(lambda db: _live_row(db, session_id))
 
     async def read(self, session_id: str) -> SessionView:
         row = await self._live_session(session_id)
@@ -317,8 +331,7 @@ class SessionService:
             created_at_ms=row.created_at_ms,
             updated_at_ms=row.updated_at_ms,
             message_count=row.message_count,
-            is_active=row.running_turn_id is not None
-            and self._owner_alive(row.running_owner, row.running_turn_id),
+            is_active=self._running(row.running_turn_id, row.running_owner),
             model=row.model,
             provider=row.provider,
             last_assistant_text=row.last_assistant_text,
@@ -332,17 +345,9 @@ class SessionService:
                 db, limit=p.limit, offset=p.offset, labels=p.labels, include_archived=p.include_archived
             )
         )
-        return SessionListResult(
-            [
-                SessionSummary(
-                    r[0], r[1], r[2], r[3], r[4],
-                    r[7] is not None and self._owner_alive(r[8], r[7]),
-                    tables.decode_labels(r[5]), bool(r[6]),
-                )
-                for r in rows
-            ],
-            has_more,
-        )
+        for listed in rows:
+            listed.summary.is_active = self._running(listed.running_turn_id, listed.running_owner)
+        return SessionListResult([listed.summary for listed in rows], has_more)
 
     async def history(self, p: SessionHistoryParams) -> SessionHistoryPage:
         page = await self.store.read(lambda db: tables.history_page(db, p.session_id, p.offset, p.limit))
@@ -365,12 +370,7 @@ class SessionService:
             row = await tables.get_session(db, session_id)
             if row is None:
                 raise errors.NotFound(session_id)
-            if row.running_turn_id is not None and self._owner_alive(row.running_owner, row.running_turn_id):
-                raise errors.Busy(
-                    session_id,
-                    row.running_turn_id,
-                    f"Session {session_id!r} is running turn {row.running_turn_id!r}: interrupt it before archiving",
-                )
+            self._not_while_running(row, "interrupt it before archiving")
             if not row.archived:
                 await tables.update_session(db, session_id, archived=1)
 
@@ -381,15 +381,8 @@ class SessionService:
         check_tool_defs(p.tools)
 
         async def unit(db: Any) -> int:
-            row = await tables.get_session(db, p.session_id)
-            if row is None or row.archived:
-                raise errors.NotFound(p.session_id)
-            if row.running_turn_id is not None and self._owner_alive(row.running_owner, row.running_turn_id):
-                raise errors.Busy(
-                    p.session_id,
-                    row.running_turn_id,
-                    f"Session {p.session_id!r} is running turn {row.running_turn_id!r}: tools change between turns",
-                )
+            row = await _live_row(db, p.session_id)
+            self._not_while_running(row, "tools change between turns")
             timeout = p.tool_timeout_ms or row.tool_timeout_ms
             await tables.update_session(db, p.session_id, tools=list(p.tools), tool_timeout_ms=timeout)
             return timeout
@@ -399,9 +392,7 @@ class SessionService:
 
     async def append_system_context(self, p: AppendSystemContextParams) -> AppendSystemContextResult:
         async def unit(db: Any) -> str:
-            row = await tables.get_session(db, p.session_id)
-            if row is None or row.archived:
-                raise errors.NotFound(p.session_id)
+            row = await _live_row(db, p.session_id)
             if p.idempotency_key is not None:
                 seen = await tables.system_context_key(db, p.session_id, p.idempotency_key)
                 if seen is not None:
@@ -410,7 +401,7 @@ class SessionService:
                     raise errors.Conflict(p.session_id, p.idempotency_key)
                 await tables.remember_system_context_key(db, p.session_id, p.idempotency_key, p.text)
             now = now_ms()
-            if row.running_turn_id is not None and self._owner_alive(row.running_owner, row.running_turn_id):
+            if self._running(row.running_turn_id, row.running_owner):
                 await tables.stage_system_context(db, p.session_id, p.text, p.source, p.idempotency_key, now)
                 return "staged"
             message = Message(row.message_count, "system", [TextBlock(p.text)], now, None, p.source)
@@ -423,9 +414,7 @@ class SessionService:
 
     async def stage_tool_results(self, p: StageToolResultsParams) -> StageToolResultsResult:
         async def unit(db: Any) -> int:
-            row = await tables.get_session(db, p.session_id)
-            if row is None or row.archived:
-                raise errors.NotFound(p.session_id)
+            await _live_row(db, p.session_id)
             pending = {c.tool_use_id for c in await tables.pending_tool_calls(db, p.session_id)}
             staged = await tables.staged_tool_results(db, p.session_id)
             problems = []

@@ -208,10 +208,6 @@ class Store:
         self._open_error: errors.Store | None = None
         self._open_lock = anyio.Lock()
 
-    @property
-    def ephemeral(self) -> bool:
-        return self.path is None
-
     def want_open(self) -> None:
         """Open the database soon (``run`` waits for this, or for the first unit)."""
         self._wanted.set()

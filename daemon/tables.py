@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.types import Block, Budget, Message, ToolCall, ToolDef, Usage
+from protocol.types import DEFAULT_TOOL_TIMEOUT_MS, Block, Budget, Message, SessionSummary, ToolCall, ToolDef, Usage
 
 _enc = msgspec.json.Encoder()
 _blocks = msgspec.json.Decoder(list[Block])
@@ -45,7 +45,7 @@ class SessionRow(msgspec.Struct):
     next_seq: int
     running_turn_id: str | None
     running_owner: str | None
-    tool_timeout_ms: int = 120_000
+    tool_timeout_ms: int = DEFAULT_TOOL_TIMEOUT_MS
 
 
 _SESSION_COLUMNS = """
@@ -126,9 +126,17 @@ async def insert_session(db: Any, row: SessionRow) -> None:
         )
 
 
+class ListedSession(msgspec.Struct):
+    """A ``session/list`` entry, and its running turn (whose owner decides ``is_active``)."""
+
+    summary: SessionSummary
+    running_turn_id: str | None
+    running_owner: str | None
+
+
 async def list_sessions(
     db: Any, *, limit: int, offset: int, labels: dict[str, str], include_archived: bool
-) -> tuple[list[tuple[Any, ...]], bool]:
+) -> tuple[list[ListedSession], bool]:
     """Newest ``updated_at_ms`` first; label pairs all must match. Fetches one extra row
     to learn ``has_more`` without counting the table."""
     where: list[str] = []
@@ -159,7 +167,11 @@ async def list_sessions(
         ORDER BY s.updated_at_ms DESC, s.session_id DESC
         LIMIT ? OFFSET ?"""
     rows = await db.execute_fetchall(sql, (*args, limit + 1, offset))
-    return list(rows[:limit]), len(rows) > limit
+    listed = [
+        ListedSession(SessionSummary(r[0], r[1], r[2], r[3], r[4], False, _labels.decode(r[5]), bool(r[6])), r[7], r[8])
+        for r in rows[:limit]
+    ]
+    return listed, len(rows) > limit
 
 
 SELECTIVE_LABEL_ROWS = 2000
@@ -178,15 +190,19 @@ async def _labels_are_selective(db: Any, labels: dict[str, str]) -> bool:
     return False
 
 
-def decode_labels(raw: str) -> dict[str, str]:
-    return _labels.decode(raw)
+_MESSAGE_COLUMNS = "m.idx, m.role, m.content, m.created_at_ms, m.turn_id, m.source"
+
+
+def _message(r: Any) -> Message:
+    """A row of ``_MESSAGE_COLUMNS`` as a Message."""
+    return Message(r[0], r[1], _blocks.decode(r[2]), r[3], r[4], r[5])
 
 
 async def history_page(
     db: Any, session_id: str, offset: int, limit: int
 ) -> tuple[int, list[Message]] | None:
     rows = await db.execute_fetchall(
-        """SELECT s.message_count, m.idx, m.role, m.content, m.created_at_ms, m.turn_id, m.source
+        f"""SELECT s.message_count, {_MESSAGE_COLUMNS}
            FROM sessions s LEFT JOIN messages m
              ON m.session_id = s.session_id AND m.idx >= ? AND m.idx < ?
            WHERE s.session_id = ?
@@ -196,28 +212,21 @@ async def history_page(
     if not rows:
         return None
     count = rows[0][0]
-    messages = [
-        Message(r[1], r[2], _blocks.decode(r[3]), r[4], r[5], r[6]) for r in rows if r[1] is not None
-    ]
-    return count, messages
+    return count, [_message(r[1:]) for r in rows if r[1] is not None]
 
 
 async def all_messages(db: Any, session_id: str) -> list[Message]:
     rows = await db.execute_fetchall(
-        "SELECT idx, role, content, created_at_ms, turn_id, source FROM messages"
-        " WHERE session_id = ? ORDER BY idx",
-        (session_id,),
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.session_id = ? ORDER BY m.idx", (session_id,)
     )
-    return [Message(r[0], r[1], _blocks.decode(r[2]), r[3], r[4], r[5]) for r in rows]
+    return [_message(r) for r in rows]
 
 
 async def last_message(db: Any, session_id: str) -> Message | None:
     rows = await db.execute_fetchall(
-        "SELECT idx, role, content, created_at_ms, turn_id, source FROM messages"
-        " WHERE session_id = ? ORDER BY idx DESC LIMIT 1",
-        (session_id,),
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.session_id = ? ORDER BY m.idx DESC LIMIT 1", (session_id,)
     )
-    return Message(rows[0][0], rows[0][1], _blocks.decode(rows[0][2]), rows[0][3], rows[0][4], rows[0][5]) if rows else None
+    return _message(rows[0]) if rows else None
 
 
 async def append_messages(db: Any, session_id: str, messages: list[Message]) -> None:

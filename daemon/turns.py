@@ -9,6 +9,7 @@ Text from an attempt that failed and was retried is never committed.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from contextlib import aclosing
@@ -32,6 +33,7 @@ from protocol.events import (
     UsageReported,
 )
 from protocol.types import (
+    DEFAULT_TOOL_TIMEOUT_MS,
     Block,
     Budget,
     BudgetUse,
@@ -75,11 +77,10 @@ class TurnSetup(msgspec.Struct):
     provider_state: dict[str, Any]
     message_count: int
     next_seq: int
-    seq_reserved: int
     applied_context: list[tuple[str, str | None, str | None]] = msgspec.field(default_factory=list)
     overlay: ToolOverlay | None = None
     budget: Budget | None = None
-    tool_timeout_ms: int = 120_000
+    tool_timeout_ms: int = DEFAULT_TOOL_TIMEOUT_MS
 
 
 class _Block(msgspec.Struct):
@@ -195,7 +196,7 @@ class Turn:
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.seq = setup.next_seq
-        self.seq_reserved = setup.seq_reserved
+        self.seq_reserved = setup.next_seq + RESERVATION  # the claim committed this reservation
         self.history: list[Message] = []
         self.message_count = setup.message_count
         self.usage = Usage.zero()
@@ -203,7 +204,6 @@ class Turn:
         self.last_text = ""
         self.current: CallOutput | None = None
         self.step: StepRunner | None = None
-        self.result: RunResult | None = None
         self.deadline = anyio.CancelScope()
         self.deadline_s: float | None = None
         self.budget_clock = anyio.CancelScope()
@@ -249,14 +249,13 @@ class Turn:
             await self.emit(BudgetWarning(budget, used, limit))
 
     def _elapsed_ms(self) -> int:
-        return int((anyio.current_time() - self.started_at) * 1000)
+        return math.ceil((anyio.current_time() - self.started_at) * 1000)
 
-    async def _duration_warning(self, at_s: float, limit_ms: int) -> None:
+    async def _duration_warning(self, limit_ms: int) -> None:
         with self.budget_clock:
-            await anyio.sleep_until(self.started_at + at_s)
-            if not self.done.is_set() and "max_turn_duration_ms" not in self.warned:
-                self.warned.add("max_turn_duration_ms")
-                await self.emit(BudgetWarning("max_turn_duration_ms", self._elapsed_ms(), limit_ms))
+            await anyio.sleep_until(self.started_at + limit_ms * 0.8 / 1000)
+            if not self.done.is_set():
+                await self._warn("max_turn_duration_ms", self._elapsed_ms(), limit_ms)
 
     # ------------------------------------------------------------------ running
 
@@ -273,7 +272,7 @@ class Turn:
                             if limit_ms is not None:
                                 duration.deadline = self.started_at + limit_ms / 1000
                                 if self.spawn is not None:
-                                    self.spawn(self._duration_warning, limit_ms * 0.8 / 1000, limit_ms)
+                                    self.spawn(self._duration_warning, limit_ms)
                             result = await self._loop()
                         if duration.cancelled_caught:
                             assert limit_ms is not None
@@ -284,10 +283,8 @@ class Turn:
                                 result = await self._finish_interrupted("budget_exhausted")
                     if self.deadline.cancelled_caught:
                         raise errors.ProviderFailed(
-                            f"{self.setup.provider}: the turn exceeded its time limit of {self.deadline_s:g} s",
-                            {"provider": self.setup.provider, "kind": "turn_timeout", "status": None,
-                             "retry_after_ms": None, "provider_error_type": None},
-                            False,
+                            self.setup.provider, "turn_timeout",
+                            f"the turn exceeded its time limit of {self.deadline_s:g} s", retryable=False,
                         )
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
@@ -295,15 +292,8 @@ class Turn:
                 raise
             except base.ProviderError as exc:
                 failure = errors.ProviderFailed(
-                    f"{exc.provider}: {exc.message}",
-                    {
-                        "provider": exc.provider,
-                        "kind": exc.kind,
-                        "status": exc.status,
-                        "retry_after_ms": exc.retry_after_ms,
-                        "provider_error_type": exc.error_type,
-                    },
-                    exc.retryable,
+                    exc.provider, exc.kind, exc.message, retryable=exc.retryable, status=exc.status,
+                    retry_after_ms=exc.retry_after_ms, provider_error_type=exc.error_type,
                 )
             except errors.WarrenError as exc:
                 failure = exc
@@ -313,7 +303,6 @@ class Turn:
                 if result is None:
                     with anyio.CancelScope(shield=True):
                         result = await self._finish_interrupted("interrupted")
-                self.result = result
                 return result
             if not isinstance(failure, errors.WarrenError):
                 internal = errors.Internal(errors.new_error_id())
@@ -469,18 +458,23 @@ class Turn:
         pending: list[ToolCall] | None = None,
         events_after: int = 0,
         last_text: str | None = None,
+        apply_context: bool = True,
+        error: dict[str, Any] | None = None,
     ) -> list[tuple[str, str | None, str | None]]:
         """One unit: append ``new`` plus any staged system context, add usage, and either
-        keep the turn running or end it (``end = (status, stop_reason)``)."""
-        sid = self.session_id
+        keep the turn running or end it (``end = (status, stop_reason)``).
 
-        async def unit(db: Any) -> list[tuple[str, str | None, str | None]]:
+        The unit runs on the store's thread, so it reads only this snapshot and returns
+        what it wrote; the turn's own state is updated here, on the event loop.
+        """
+        sid, turn_id, provider_state = self.session_id, self.turn_id, self.setup.provider_state
+        count, seq, turn_usage = self.message_count, self.seq, self.usage + usage
+
+        async def unit(db: Any) -> tuple[list[Message], list[tuple[str, str | None, str | None]]]:
             now = now_ms()
-            messages = list(new)
-            applied = await tables.take_staged_system_context(db, sid)
-            base_index = self.message_count + len(messages)
-            messages += [
-                Message(base_index + i, "system", [TextBlock(text)], now, self.turn_id, source)
+            applied = await tables.take_staged_system_context(db, sid) if apply_context else []
+            messages = new + [
+                Message(count + len(new) + i, "system", [TextBlock(text)], now, turn_id, source)
                 for i, (text, source, _key) in enumerate(applied)
             ]
             await tables.append_messages(db, sid, messages)
@@ -488,29 +482,27 @@ class Turn:
             if pending:
                 await tables.set_pending_tool_calls(db, sid, pending)
             fields: dict[str, Any] = {
-                "message_count": self.message_count + len(messages),
+                "message_count": count + len(messages),
                 "updated_at_ms": now,
-                "provider_state": self.setup.provider_state,
+                "provider_state": provider_state,
+                # ending: the exact next seq (events still to come, applied context, the
+                # last event); running on: a fresh reservation
+                "next_seq": seq + events_after + len(applied) + 1 if end is not None else seq + RESERVATION,
             }
-            if end is not None:
-                # the exact next seq: the events still to come, applied context, turn_completed
-                fields["next_seq"] = self.seq + events_after + len(applied) + 1
-            else:
-                fields["next_seq"] = self.seq + RESERVATION
             if last_text:
                 fields["last_assistant_text"] = last_text
             await tables.update_session(db, sid, **fields)
             if end is not None:
-                await tables.end_turn(db, self.turn_id, status=end[0], stop_reason=end[1],
-                                      usage=self.usage + usage, now_ms=now)
-            self.history.extend(messages)
-            self.message_count += len(messages)
-            return applied
+                await tables.end_turn(db, turn_id, status=end[0], stop_reason=end[1], usage=turn_usage,
+                                      now_ms=now, error=error)
+            return messages, applied
 
-        applied = await self.store.write(unit)
+        messages, applied = await self.store.write(unit)
+        self.history.extend(messages)
+        self.message_count += len(messages)
         if end is None:
-            self.seq_reserved = self.seq + RESERVATION
-        self.usage = self.usage + usage
+            self.seq_reserved = seq + RESERVATION
+        self.usage = turn_usage
         return applied
 
     async def _commit_call(
@@ -563,29 +555,17 @@ class Turn:
         self.current = self.step = None
         await self._emit_context(applied)
         await self.emit(TurnCompleted(stop, self.usage))
-        self.result = self._result(stop, pending=[])
-        return self.result
+        return self._result(stop, pending=[])
 
     async def _finish_failed(self, failure: errors.WarrenError) -> None:
+        """End the turn as failed. Staged system context stays staged for the next turn."""
         wire = errors.to_wire(failure)
         new = []
         if self.step is not None:
             new.append(self._tool_message(self.step.ordered("Tool call abandoned: the turn failed"), self.message_count))
-        sid = self.session_id
-
-        async def unit(db: Any) -> None:
-            if new:
-                await tables.append_messages(db, sid, new)
-            await tables.update_session(
-                db, sid, updated_at_ms=now_ms(), provider_state=self.setup.provider_state, next_seq=self.seq + 1,
-                message_count=self.message_count + len(new),
-            )
-            await tables.end_turn(db, self.turn_id, status="failed", stop_reason=None, usage=self.usage,
-                                  now_ms=now_ms(), error={"code": wire.data.get("code"), "message": wire.message})
-
         try:
-            await self.store.write(unit)
-            self.message_count += len(new)
+            await self._commit(new, end=("failed", None), apply_context=False,
+                               error={"code": wire.data.get("code"), "message": wire.message})
         except errors.WarrenError as exc:
             self.log.warning("turn_close_failed", reason=getattr(exc, "reason", None))
         self.log.info("turn_failed", code=wire.data.get("code"))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-import msgspec
 from msgspec import Meta, Struct
 
 from . import MAX_PAGE_SIZE
 
 #: Integers stay within what every JSON client can represent exactly (and SQLite can store).
 MAX_SAFE_INT = 2**53 - 1
+DEFAULT_TOOL_TIMEOUT_MS = 120_000
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
 PositiveInt = Annotated[int, Meta(ge=1, le=MAX_SAFE_INT)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=MAX_SAFE_INT)]
@@ -367,8 +367,3 @@ class ToolExecuteResult(Struct):
 
     content: str
     is_error: bool = False
-
-
-def decode_params(params: Any, params_type: type[msgspec.Struct]) -> Any:
-    """Convert decoded JSON params into ``params_type``; raises ``msgspec.ValidationError``."""
-    return msgspec.convert(params, params_type, strict=True)

@@ -6,6 +6,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.daemon_client import Daemon
+from tests.fakes.llm_server import FakeLLMServer
 
 
 @pytest.fixture
@@ -28,3 +29,16 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 @pytest.fixture
 def daemon(spawn: Callable[..., Daemon]) -> Daemon:
     return spawn()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """anyio-marked tests run on asyncio, the daemon's backend."""
+    return "asyncio"
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLMServer]:
+    """A fake Anthropic/OpenAI HTTP server on loopback for this test."""
+    with FakeLLMServer() as fake:
+        yield fake

@@ -54,15 +54,6 @@ pytestmark = pytest.mark.anyio
 KEY = "sk-ant-api03-TESTKEY-0123456789abcdef"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def server():
-    with FakeLLMServer() as fake:
-        yield fake
 
 
 def make_provider(server: FakeLLMServer, **overrides: Any) -> AnthropicProvider:

@@ -22,10 +22,6 @@ from protocol.types import Message, TextBlock
 pytestmark = [pytest.mark.live, pytest.mark.anyio]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 def tiny_request(model: str) -> ModelRequest:
     prompt = Message(index=0, role="user", content=[TextBlock("Reply with the single word: pong")], created_at_ms=0)

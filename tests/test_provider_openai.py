@@ -49,15 +49,6 @@ pytestmark = pytest.mark.anyio
 KEY = "sk-proj-TESTKEY-abcdef0123456789"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def server():
-    with FakeLLMServer() as fake:
-        yield fake
 
 
 def make_provider(server: FakeLLMServer, **overrides: Any) -> OpenAIProvider:

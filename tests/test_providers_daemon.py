@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import pytest
 
 from tests.daemon_client import Daemon
 from tests.fakes.llm_server import (
@@ -44,11 +43,6 @@ SESSION_ERROR = -32009
 PROVIDER_ERROR = -32010
 INVALID_PARAMS = -32602
 
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as fake:
-        yield fake
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

@@ -47,7 +47,7 @@ def test_both_label_plans_give_the_same_pages(tmp_path: Path, monkeypatch: pytes
                         rows, more = await tables.list_sessions(
                             db, limit=9, offset=offset, labels=labels, include_archived=include_archived
                         )
-                        got.append(([r[0] for r in rows], more))
+                        got.append(([r.summary.session_id for r in rows], more))
                     pages[threshold] = got
                 assert pages[0] == pages[10**6], labels
                 for ids, _ in pages[0]:
