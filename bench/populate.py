@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import msgspec
 
-from daemon.migrations import migrate
+from daemon.store.migrations import migrate
 from daemon.store import Connection, drive
 
 BASE_MS = 1_780_000_000_000

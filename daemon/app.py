@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import anyio
 
-from .dispatch import Dispatcher
-from .handlers import build_handlers
+from .transport.dispatch import Dispatcher
+from .frontends.warren import build_handlers
 from .providers import ProviderRegistry
-from .server import Connection
-from .stdio import Writer
+from .transport.peer import Connection
+from .transport.stdio import Writer
 from .store import Store
 from .logs import get_logger
 
 if TYPE_CHECKING:
-    from .service import SessionService
+    from .core.service import SessionService
 
 log = get_logger("warren.app")
 
@@ -51,7 +51,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
     def service() -> SessionService:
         """The session service, imported and built on first use (see ``build_handlers``)."""
         if not built:
-            from .service import SessionService
+            from .core.service import SessionService
 
             made = SessionService(store, registry, connection, channel=connection)
             made.spawn = root.start_soon

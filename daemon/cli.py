@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print("warren: --max-line-bytes must be at least 1024", file=sys.stderr)
         return 2
 
-    from .stdio import protect_stdout
+    from .transport.stdio import protect_stdout
 
     out_fd = protect_stdout()
     from . import logs

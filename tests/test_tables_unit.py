@@ -8,8 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from daemon import tables
-from daemon.migrations import SCHEMA_VERSION, migrate
+from daemon.store import sessions as tables
+from daemon.store.migrations import SCHEMA_VERSION, migrate
 from daemon.store import Connection
 from protocol.types import Usage
 

@@ -17,8 +17,8 @@ import msgspec
 from protocol.events import Event, ToolExecutionCompleted, ToolExecutionStarted, ToolExecutionTimedOut
 from protocol.types import ToolCall, ToolDef, ToolExecuteResult, ToolOverlay, ToolResultBlock
 
-from . import errors
-from .logs import get_logger
+from .. import errors
+from ..logs import get_logger
 
 log = get_logger("warren.tools")
 

@@ -1,4 +1,4 @@
-"""The SQL of each session operation, as functions over an open connection.
+"""The ``sessions`` and ``session_labels`` tables: a session's settings, counters and labels.
 
 Every function runs inside a unit of work given to ``Store.write`` or ``Store.read``; none
 opens or commits a transaction. Reads that feed one response are single statements, so
@@ -11,17 +11,9 @@ from typing import Any
 
 import msgspec
 
-from protocol.types import DEFAULT_TOOL_TIMEOUT_MS, Block, Budget, Message, SessionSummary, ToolCall, ToolDef, Usage
+from protocol.types import DEFAULT_TOOL_TIMEOUT_MS, Budget, SessionSummary, ToolDef, Usage
 
-_enc = msgspec.json.Encoder()
-_blocks = msgspec.json.Decoder(list[Block])
-_tools = msgspec.json.Decoder(list[ToolDef])
-_labels = msgspec.json.Decoder(dict[str, str])
-_any = msgspec.json.Decoder()
-
-
-def dumps(value: Any) -> str:
-    return _enc.encode(value).decode()
+from .codec import ANY, LABELS, TOOLS, dumps
 
 
 class SessionRow(msgspec.Struct):
@@ -71,16 +63,16 @@ def _session(row: Any) -> SessionRow:
         model=row[4],
         system_prompt=row[5],
         max_tokens=row[6],
-        labels=_labels.decode(row[7]),
+        labels=LABELS.decode(row[7]),
         archived=bool(row[8]),
         message_count=row[9],
         usage=usage_of(row[10], row[11], row[12], row[13]),
         last_assistant_text=row[14],
         budget=msgspec.json.decode(row[15], type=Budget) if row[15] else None,
-        provider_params=_any.decode(row[16]) if row[16] else None,
-        provider_state=_any.decode(row[17]),
+        provider_params=ANY.decode(row[16]) if row[16] else None,
+        provider_state=ANY.decode(row[17]),
         staged_prompt=row[18],
-        tools=_tools.decode(row[19]),
+        tools=TOOLS.decode(row[19]),
         next_seq=row[20],
         running_turn_id=row[21],
         running_owner=row[22],
@@ -168,7 +160,7 @@ async def list_sessions(
         LIMIT ? OFFSET ?"""
     rows = await db.execute_fetchall(sql, (*args, limit + 1, offset))
     listed = [
-        ListedSession(SessionSummary(r[0], r[1], r[2], r[3], r[4], False, _labels.decode(r[5]), bool(r[6])), r[7], r[8])
+        ListedSession(SessionSummary(r[0], r[1], r[2], r[3], r[4], False, LABELS.decode(r[5]), bool(r[6])), r[7], r[8])
         for r in rows[:limit]
     ]
     return listed, len(rows) > limit
@@ -188,56 +180,6 @@ async def _labels_are_selective(db: Any, labels: dict[str, str]) -> bool:
         if rows[0][0] < SELECTIVE_LABEL_ROWS:
             return True
     return False
-
-
-_MESSAGE_COLUMNS = "m.idx, m.role, m.content, m.created_at_ms, m.turn_id, m.source"
-
-
-def _message(r: Any) -> Message:
-    """A row of ``_MESSAGE_COLUMNS`` as a Message."""
-    return Message(r[0], r[1], _blocks.decode(r[2]), r[3], r[4], r[5])
-
-
-async def history_page(
-    db: Any, session_id: str, offset: int, limit: int
-) -> tuple[int, list[Message]] | None:
-    rows = await db.execute_fetchall(
-        f"""SELECT s.message_count, {_MESSAGE_COLUMNS}
-           FROM sessions s LEFT JOIN messages m
-             ON m.session_id = s.session_id AND m.idx >= ? AND m.idx < ?
-           WHERE s.session_id = ?
-           ORDER BY m.idx""",
-        (offset, offset + limit, session_id),
-    )
-    if not rows:
-        return None
-    count = rows[0][0]
-    return count, [_message(r[1:]) for r in rows if r[1] is not None]
-
-
-async def all_messages(db: Any, session_id: str) -> list[Message]:
-    rows = await db.execute_fetchall(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.session_id = ? ORDER BY m.idx", (session_id,)
-    )
-    return [_message(r) for r in rows]
-
-
-async def last_message(db: Any, session_id: str) -> Message | None:
-    rows = await db.execute_fetchall(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.session_id = ? ORDER BY m.idx DESC LIMIT 1", (session_id,)
-    )
-    return _message(rows[0]) if rows else None
-
-
-async def append_messages(db: Any, session_id: str, messages: list[Message]) -> None:
-    await db.executemany(
-        "INSERT INTO messages (session_id, idx, role, content, created_at_ms, turn_id, source)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (session_id, m.index, m.role, dumps(m.content), m.created_at_ms, m.turn_id, m.source)
-            for m in messages
-        ],
-    )
 
 
 async def update_session(db: Any, session_id: str, **fields: Any) -> None:
@@ -264,105 +206,3 @@ async def add_usage(db: Any, session_id: str, usage: Usage) -> None:
             session_id,
         ),
     )
-
-
-async def insert_turn(db: Any, turn_id: str, session_id: str, owner: str, now_ms: int) -> None:
-    await db.execute(
-        "INSERT INTO turns (turn_id, session_id, status, owner, started_at_ms) VALUES (?, ?, 'running', ?, ?)",
-        (turn_id, session_id, owner, now_ms),
-    )
-
-
-async def end_turn(
-    db: Any, turn_id: str, *, status: str, stop_reason: str | None, usage: Usage | None,
-    now_ms: int, error: dict[str, Any] | None = None,
-) -> None:
-    await db.execute(
-        "UPDATE turns SET status = ?, stop_reason = ?, usage = ?, ended_at_ms = ?, error = ?"
-        " WHERE turn_id = ? AND status = 'running'",
-        (
-            status,
-            stop_reason,
-            dumps(usage) if usage else None,
-            now_ms,
-            dumps(error) if error else None,
-            turn_id,
-        ),
-    )
-
-
-async def running_turns(db: Any) -> list[tuple[str, str, str | None]]:
-    rows = await db.execute_fetchall("SELECT turn_id, session_id, owner FROM turns WHERE status = 'running'")
-    return [(r[0], r[1], r[2]) for r in rows]
-
-
-async def pending_tool_calls(db: Any, session_id: str) -> list[ToolCall]:
-    rows = await db.execute_fetchall(
-        "SELECT tool_use_id, name, arguments FROM pending_tool_calls WHERE session_id = ? ORDER BY position",
-        (session_id,),
-    )
-    return [ToolCall(r[0], r[1], _any.decode(r[2])) for r in rows]
-
-
-async def set_pending_tool_calls(db: Any, session_id: str, calls: list[ToolCall]) -> None:
-    await db.execute("DELETE FROM pending_tool_calls WHERE session_id = ?", (session_id,))
-    await db.executemany(
-        "INSERT INTO pending_tool_calls (session_id, tool_use_id, position, name, arguments) VALUES (?, ?, ?, ?, ?)",
-        [(session_id, c.tool_use_id, i, c.name, dumps(c.arguments)) for i, c in enumerate(calls)],
-    )
-
-
-async def staged_tool_results(db: Any, session_id: str) -> dict[str, tuple[str, bool]]:
-    rows = await db.execute_fetchall(
-        "SELECT tool_use_id, content, is_error FROM staged_tool_results WHERE session_id = ?", (session_id,)
-    )
-    return {r[0]: (r[1], bool(r[2])) for r in rows}
-
-
-async def stage_tool_results(
-    db: Any, session_id: str, results: list[tuple[str, str, bool]], now_ms: int
-) -> None:
-    await db.executemany(
-        "INSERT OR REPLACE INTO staged_tool_results (session_id, tool_use_id, content, is_error, created_at_ms)"
-        " VALUES (?, ?, ?, ?, ?)",
-        [(session_id, tid, content, int(is_error), now_ms) for tid, content, is_error in results],
-    )
-
-
-async def clear_tool_state(db: Any, session_id: str) -> None:
-    await db.execute("DELETE FROM staged_tool_results WHERE session_id = ?", (session_id,))
-    await db.execute("DELETE FROM pending_tool_calls WHERE session_id = ?", (session_id,))
-
-
-async def system_context_key(db: Any, session_id: str, key: str) -> str | None:
-    rows = await db.execute_fetchall(
-        "SELECT text FROM system_context_keys WHERE session_id = ? AND idempotency_key = ?", (session_id, key)
-    )
-    return rows[0][0] if rows else None
-
-
-async def remember_system_context_key(db: Any, session_id: str, key: str, text: str) -> None:
-    await db.execute(
-        "INSERT INTO system_context_keys (session_id, idempotency_key, text) VALUES (?, ?, ?)",
-        (session_id, key, text),
-    )
-
-
-async def stage_system_context(
-    db: Any, session_id: str, text: str, source: str | None, key: str | None, now_ms: int
-) -> None:
-    await db.execute(
-        "INSERT INTO staged_system_context (session_id, text, source, idempotency_key, created_at_ms)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (session_id, text, source, key, now_ms),
-    )
-
-
-async def take_staged_system_context(db: Any, session_id: str) -> list[tuple[str, str | None, str | None]]:
-    rows = await db.execute_fetchall(
-        "SELECT text, source, idempotency_key FROM staged_system_context WHERE session_id = ? ORDER BY id",
-        (session_id,),
-    )
-    if rows:
-        await db.execute("DELETE FROM staged_system_context WHERE session_id = ?", (session_id,))
-    return [(r[0], r[1], r[2]) for r in rows]

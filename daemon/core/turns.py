@@ -50,13 +50,14 @@ from protocol.types import (
     Usage,
 )
 
-from . import errors, tables
-from .clock import now_ms
+from .. import errors
+from ..store import sessions, staging, transcripts, turns as turn_rows
+from ..clock import now_ms
 from .events import RESERVATION, EventSink
-from .providers import ProviderRegistry, base
-from .store import Store
+from ..providers import ProviderRegistry, base
+from ..store import Store
 from .tools import ClientChannel, StepRunner, offered
-from .logs import get_logger
+from ..logs import get_logger
 
 log = get_logger("warren.turns")
 
@@ -226,7 +227,7 @@ class Turn:
                     if self.seq >= self.seq_reserved:
                         target = self.seq + RESERVATION
                         await self.store.write(
-                            lambda db, target=target: tables.update_session(db, self.session_id, next_seq=target)
+                            lambda db, target=target: sessions.update_session(db, self.session_id, next_seq=target)
                         )
                         self.seq_reserved = target
             await self.sink.wait_writable()
@@ -323,7 +324,7 @@ class Turn:
         self.deadline_s = base.turn_timeout_s(self.provider)
         if self.deadline_s:
             self.deadline.deadline = anyio.current_time() + self.deadline_s
-        self.history = await self.store.read(lambda db: tables.all_messages(db, self.session_id), small=False)
+        self.history = await self.store.read(lambda db: transcripts.all_messages(db, self.session_id), small=False)
         if setup.model is None:
             await self._discover_model()
         tools = offered(setup.tools, setup.overlay)
@@ -385,7 +386,7 @@ class Turn:
                 {"reason": "no_model_configured", "provider": self.setup.provider},
             )
         self.setup.model = model
-        await self.store.write(lambda db: tables.update_session(db, self.session_id, model=model))
+        await self.store.write(lambda db: sessions.update_session(db, self.session_id, model=model))
 
     async def _model_call(self, tools: list[ToolDef]) -> CallOutput:
         s = self.setup
@@ -472,15 +473,15 @@ class Turn:
 
         async def unit(db: Any) -> tuple[list[Message], list[tuple[str, str | None, str | None]]]:
             now = now_ms()
-            applied = await tables.take_staged_system_context(db, sid) if apply_context else []
+            applied = await staging.take_staged_system_context(db, sid) if apply_context else []
             messages = new + [
                 Message(count + len(new) + i, "system", [TextBlock(text)], now, turn_id, source)
                 for i, (text, source, _key) in enumerate(applied)
             ]
-            await tables.append_messages(db, sid, messages)
-            await tables.add_usage(db, sid, usage)
+            await transcripts.append_messages(db, sid, messages)
+            await sessions.add_usage(db, sid, usage)
             if pending:
-                await tables.set_pending_tool_calls(db, sid, pending)
+                await staging.set_pending_tool_calls(db, sid, pending)
             fields: dict[str, Any] = {
                 "message_count": count + len(messages),
                 "updated_at_ms": now,
@@ -491,9 +492,9 @@ class Turn:
             }
             if last_text:
                 fields["last_assistant_text"] = last_text
-            await tables.update_session(db, sid, **fields)
+            await sessions.update_session(db, sid, **fields)
             if end is not None:
-                await tables.end_turn(db, turn_id, status=end[0], stop_reason=end[1], usage=turn_usage,
+                await turn_rows.end_turn(db, turn_id, status=end[0], stop_reason=end[1], usage=turn_usage,
                                       now_ms=now, error=error)
             return messages, applied
 

@@ -19,11 +19,11 @@ from protocol.events import Event, SessionEventParams
 from protocol.framing import LineBuffer, Oversized
 from protocol.methods import CLIENT_NOTIFICATIONS
 
-from .clock import now_ms
+from ..clock import now_ms
 from .dispatch import Dispatcher
 from .stdio import Writer, read_chunks
-from .tools import ClientError, ClientGone
-from .logs import get_logger
+from ..core.tools import ClientError, ClientGone
+from ..logs import get_logger
 
 log = get_logger("warren.server")
 

@@ -42,21 +42,22 @@ from protocol.types import (
     Usage,
 )
 
-from . import errors, tables
-from .clock import new_id, now_ms
+from .. import errors
+from ..store import sessions, staging, transcripts, turns as turn_rows
+from ..clock import new_id, now_ms
 from .events import RESERVATION, EventSink
-from .providers import ProviderRegistry
-from .store import Store
+from ..providers import ProviderRegistry
+from ..store import Store
 from .tools import ClientChannel, check_tool_defs
 from .turns import Turn, TurnSetup
-from .logs import get_logger
+from ..logs import get_logger
 
 log = get_logger("warren.service")
 
 
-async def _live_row(db: Any, session_id: str) -> tables.SessionRow:
+async def _live_row(db: Any, session_id: str) -> sessions.SessionRow:
     """The session's row; a missing or archived session is SESSION_NOT_FOUND."""
-    row = await tables.get_session(db, session_id)
+    row = await sessions.get_session(db, session_id)
     if row is None or row.archived:
         raise errors.NotFound(session_id)
     return row
@@ -84,7 +85,7 @@ class SessionService:
     async def recover(self, db: Any) -> int:
         """Close the turns that died with their process (a unit run when the store opens)."""
         closed = 0
-        for turn_id, session_id, owner in await tables.running_turns(db):
+        for turn_id, session_id, owner in await turn_rows.running_turns(db):
             if not self._owner_alive(owner, turn_id):
                 await self._close_dead_turn(db, turn_id, session_id)
                 closed += 1
@@ -101,7 +102,7 @@ class SessionService:
         """Whether a turn recorded as running really runs (its daemon is alive)."""
         return turn_id is not None and self._owner_alive(owner, turn_id)
 
-    def _not_while_running(self, row: tables.SessionRow, what: str) -> None:
+    def _not_while_running(self, row: sessions.SessionRow, what: str) -> None:
         if self._running(row.running_turn_id, row.running_owner):
             assert row.running_turn_id is not None
             raise errors.Busy(
@@ -114,15 +115,15 @@ class SessionService:
         waiting on the client gets error results, so the history stays one every provider
         accepts (each tool_use answered)."""
         now = now_ms()
-        await tables.end_turn(db, turn_id, status="interrupted", stop_reason="interrupted", usage=None, now_ms=now)
-        last = await tables.last_message(db, session_id)
+        await turn_rows.end_turn(db, turn_id, status="interrupted", stop_reason="interrupted", usage=None, now_ms=now)
+        last = await transcripts.last_message(db, session_id)
         if last is not None and last.role == "assistant" and last.turn_id == turn_id:
             calls = [b for b in last.content if isinstance(b, ToolUseBlock)]
-            pending = {c.tool_use_id for c in await tables.pending_tool_calls(db, session_id)}
+            pending = {c.tool_use_id for c in await staging.pending_tool_calls(db, session_id)}
             if calls and not pending:
                 results = [ToolResultBlock(c.id, "Tool call interrupted: the daemon stopped", True) for c in calls]
-                await tables.append_messages(db, session_id, [Message(last.index + 1, "tool", list(results), now, turn_id)])
-                await tables.update_session(db, session_id, message_count=last.index + 2)
+                await transcripts.append_messages(db, session_id, [Message(last.index + 1, "tool", list(results), now, turn_id)])
+                await sessions.update_session(db, session_id, message_count=last.index + 2)
         log.info("closed_dead_turn", session_id=session_id, turn_id=turn_id)
 
     # ------------------------------------------------------------------ turns
@@ -135,7 +136,7 @@ class SessionService:
         provider, model = self.providers.resolve(p.provider, p.model)
         self.providers.check_params(provider, p.provider_params, "$.provider_params")
         now = now_ms()
-        row = tables.SessionRow(
+        row = sessions.SessionRow(
             session_id=new_id(),
             created_at_ms=now,
             updated_at_ms=now,
@@ -159,7 +160,7 @@ class SessionService:
             tool_timeout_ms=p.tool_timeout_ms or DEFAULT_TOOL_TIMEOUT_MS,
         )
         if defer:
-            await self.store.write(lambda db: tables.insert_session(db, row))
+            await self.store.write(lambda db: sessions.insert_session(db, row))
             log.info("session_created", session_id=row.session_id, provider=provider, deferred=True)
             return DeferredCreateResult(row.session_id, row.created_at_ms)
         log.info("session_created", session_id=row.session_id, provider=provider, deferred=False)
@@ -181,7 +182,7 @@ class SessionService:
         session_id: str,
         prompt: str,
         *,
-        new_session: tables.SessionRow | None = None,
+        new_session: sessions.SessionRow | None = None,
         system_prompt: str | None = None,
         model: str | None = None,
         max_tokens: int | None = None,
@@ -190,9 +191,9 @@ class SessionService:
     ) -> RunResult:
         turn_id = new_id()
 
-        async def claim(db: Any) -> tuple[tables.SessionRow, list[Message], list[tuple[str, str | None, str | None]]]:
+        async def claim(db: Any) -> tuple[sessions.SessionRow, list[Message], list[tuple[str, str | None, str | None]]]:
             if new_session is not None:
-                await tables.insert_session(db, new_session)
+                await sessions.insert_session(db, new_session)
             row = await _live_row(db, session_id)
             if row.running_turn_id is not None:
                 if self._owner_alive(row.running_owner, row.running_turn_id):
@@ -205,9 +206,9 @@ class SessionService:
             now = now_ms()
             index = row.message_count
             new: list[Message] = []
-            pending = await tables.pending_tool_calls(db, session_id)
+            pending = await staging.pending_tool_calls(db, session_id)
             if pending:
-                staged = await tables.staged_tool_results(db, session_id)
+                staged = await staging.staged_tool_results(db, session_id)
                 missing = [c for c in pending if c.tool_use_id not in staged]
                 if missing:
                     raise errors.FailedWithData(
@@ -223,8 +224,8 @@ class SessionService:
                     )
                 blocks = [ToolResultBlock(c.tool_use_id, *staged[c.tool_use_id]) for c in pending]
                 new.append(Message(index, "tool", list(blocks), now, turn_id))
-                await tables.clear_tool_state(db, session_id)
-            applied = await tables.take_staged_system_context(db, session_id)
+                await staging.clear_tool_state(db, session_id)
+            applied = await staging.take_staged_system_context(db, session_id)
             for text, source, _key in applied:
                 new.append(Message(index + len(new), "system", [TextBlock(text)], now, turn_id, source))
             text = "\n\n".join(t for t in (row.staged_prompt, prompt) if t)
@@ -232,8 +233,8 @@ class SessionService:
                 new.append(Message(index + len(new), "user", [TextBlock(text)], now, turn_id))
             if not any(m.role in ("user", "tool") for m in new):
                 raise errors.InvalidRequest.at("$.prompt", "must not be empty")
-            await tables.append_messages(db, session_id, new)
-            await tables.insert_turn(db, turn_id, session_id, self.store.owner.owner_id, now)
+            await transcripts.append_messages(db, session_id, new)
+            await turn_rows.insert_turn(db, turn_id, session_id, self.store.owner.owner_id, now)
             self._claimed.add(turn_id)
             fields: dict[str, Any] = {
                 "message_count": index + len(new),
@@ -250,7 +251,7 @@ class SessionService:
             if provider_params is not None:
                 fields["provider_params"] = row.provider_params = provider_params
                 fields["provider_state"] = row.provider_state = {}
-            await tables.update_session(db, session_id, **fields)
+            await sessions.update_session(db, session_id, **fields)
             return row, new, applied
 
         try:
@@ -321,7 +322,7 @@ class SessionService:
 
     # ------------------------------------------------------------------ reads
 
-    async def _live_session(self, session_id: str) -> tables.SessionRow:
+    async def _live_session(self, session_id: str) -> sessions.SessionRow:
         return await self.store.read(lambda db: _live_row(db, session_id))
 
     async def read(self, session_id: str) -> SessionView:
@@ -341,7 +342,7 @@ class SessionService:
 
     async def list(self, p: SessionListParams) -> SessionListResult:
         rows, has_more = await self.store.read(
-            lambda db: tables.list_sessions(
+            lambda db: sessions.list_sessions(
                 db, limit=p.limit, offset=p.offset, labels=p.labels, include_archived=p.include_archived
             )
         )
@@ -350,7 +351,7 @@ class SessionService:
         return SessionListResult([listed.summary for listed in rows], has_more)
 
     async def history(self, p: SessionHistoryParams) -> SessionHistoryPage:
-        page = await self.store.read(lambda db: tables.history_page(db, p.session_id, p.offset, p.limit))
+        page = await self.store.read(lambda db: transcripts.history_page(db, p.session_id, p.offset, p.limit))
         if page is None:
             raise errors.NotFound(p.session_id)
         count, messages = page
@@ -367,12 +368,12 @@ class SessionService:
 
     async def archive(self, session_id: str) -> ArchiveResult:
         async def unit(db: Any) -> None:
-            row = await tables.get_session(db, session_id)
+            row = await sessions.get_session(db, session_id)
             if row is None:
                 raise errors.NotFound(session_id)
             self._not_while_running(row, "interrupt it before archiving")
             if not row.archived:
-                await tables.update_session(db, session_id, archived=1)
+                await sessions.update_session(db, session_id, archived=1)
 
         await self.store.write(unit)
         return ArchiveResult(session_id)
@@ -384,7 +385,7 @@ class SessionService:
             row = await _live_row(db, p.session_id)
             self._not_while_running(row, "tools change between turns")
             timeout = p.tool_timeout_ms or row.tool_timeout_ms
-            await tables.update_session(db, p.session_id, tools=list(p.tools), tool_timeout_ms=timeout)
+            await sessions.update_session(db, p.session_id, tools=list(p.tools), tool_timeout_ms=timeout)
             return timeout
 
         timeout = await self.store.write(unit)
@@ -394,19 +395,19 @@ class SessionService:
         async def unit(db: Any) -> str:
             row = await _live_row(db, p.session_id)
             if p.idempotency_key is not None:
-                seen = await tables.system_context_key(db, p.session_id, p.idempotency_key)
+                seen = await staging.system_context_key(db, p.session_id, p.idempotency_key)
                 if seen is not None:
                     if seen == p.text:
                         return "duplicate"
                     raise errors.Conflict(p.session_id, p.idempotency_key)
-                await tables.remember_system_context_key(db, p.session_id, p.idempotency_key, p.text)
+                await staging.remember_system_context_key(db, p.session_id, p.idempotency_key, p.text)
             now = now_ms()
             if self._running(row.running_turn_id, row.running_owner):
-                await tables.stage_system_context(db, p.session_id, p.text, p.source, p.idempotency_key, now)
+                await staging.stage_system_context(db, p.session_id, p.text, p.source, p.idempotency_key, now)
                 return "staged"
             message = Message(row.message_count, "system", [TextBlock(p.text)], now, None, p.source)
-            await tables.append_messages(db, p.session_id, [message])
-            await tables.update_session(db, p.session_id, message_count=row.message_count + 1, updated_at_ms=now)
+            await transcripts.append_messages(db, p.session_id, [message])
+            await sessions.update_session(db, p.session_id, message_count=row.message_count + 1, updated_at_ms=now)
             return "applied"
 
         status = await self.store.write(unit)
@@ -415,8 +416,8 @@ class SessionService:
     async def stage_tool_results(self, p: StageToolResultsParams) -> StageToolResultsResult:
         async def unit(db: Any) -> int:
             await _live_row(db, p.session_id)
-            pending = {c.tool_use_id for c in await tables.pending_tool_calls(db, p.session_id)}
-            staged = await tables.staged_tool_results(db, p.session_id)
+            pending = {c.tool_use_id for c in await staging.pending_tool_calls(db, p.session_id)}
+            staged = await staging.staged_tool_results(db, p.session_id)
             problems = []
             seen: set[str] = set()
             for i, r in enumerate(p.results):
@@ -430,7 +431,7 @@ class SessionService:
                 seen.add(r.tool_use_id)
             if problems:
                 raise errors.InvalidRequest("Invalid params: " + problems[0]["message"], problems)
-            await tables.stage_tool_results(
+            await staging.stage_tool_results(
                 db, p.session_id, [(r.tool_use_id, r.content, r.is_error) for r in p.results], now_ms()
             )
             return len(p.results)

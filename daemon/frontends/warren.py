@@ -12,13 +12,13 @@ from protocol import DEFAULT_MAX_LINE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
 from protocol import types as t
 from protocol.events import EVENT_TYPES, event_type_name
 
-from . import __version__, errors
-from .dispatch import Handler, RequestContext
-from .providers import ProviderRegistry
-from .server import Connection
+from .. import __version__, errors
+from ..transport.dispatch import Handler, RequestContext
+from ..providers import ProviderRegistry
+from ..transport.peer import Connection
 
 if TYPE_CHECKING:
-    from .service import SessionService
+    from ..core.service import SessionService
 
 
 def build_handlers(

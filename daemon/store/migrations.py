@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import errors
+from .. import errors
 
 MIGRATIONS: list[str] = [
     # v1

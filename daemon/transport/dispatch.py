@@ -16,8 +16,8 @@ from protocol.errors import ErrorObject, error_object
 from protocol.methods import METHODS
 from protocol.validation import ParamsInvalid, validate
 
-from . import errors
-from .logs import get_logger
+from .. import errors
+from ..logs import get_logger
 
 log = get_logger("warren.rpc")
 

@@ -31,9 +31,9 @@ from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 import msgspec
 import anyio
 
-from . import errors
+from .. import errors
 from .migrations import migrate
-from .logs import get_logger
+from ..logs import get_logger
 
 log = get_logger("warren.store")
 

@@ -1,0 +1,82 @@
+"""What waits between turns: pending tool calls, staged tool results, staged system
+context and the system-context idempotency keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol.types import ToolCall
+
+from .codec import ANY, dumps
+
+
+async def pending_tool_calls(db: Any, session_id: str) -> list[ToolCall]:
+    rows = await db.execute_fetchall(
+        "SELECT tool_use_id, name, arguments FROM pending_tool_calls WHERE session_id = ? ORDER BY position",
+        (session_id,),
+    )
+    return [ToolCall(r[0], r[1], ANY.decode(r[2])) for r in rows]
+
+
+async def set_pending_tool_calls(db: Any, session_id: str, calls: list[ToolCall]) -> None:
+    await db.execute("DELETE FROM pending_tool_calls WHERE session_id = ?", (session_id,))
+    await db.executemany(
+        "INSERT INTO pending_tool_calls (session_id, tool_use_id, position, name, arguments) VALUES (?, ?, ?, ?, ?)",
+        [(session_id, c.tool_use_id, i, c.name, dumps(c.arguments)) for i, c in enumerate(calls)],
+    )
+
+
+async def staged_tool_results(db: Any, session_id: str) -> dict[str, tuple[str, bool]]:
+    rows = await db.execute_fetchall(
+        "SELECT tool_use_id, content, is_error FROM staged_tool_results WHERE session_id = ?", (session_id,)
+    )
+    return {r[0]: (r[1], bool(r[2])) for r in rows}
+
+
+async def stage_tool_results(
+    db: Any, session_id: str, results: list[tuple[str, str, bool]], now_ms: int
+) -> None:
+    await db.executemany(
+        "INSERT OR REPLACE INTO staged_tool_results (session_id, tool_use_id, content, is_error, created_at_ms)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(session_id, tid, content, int(is_error), now_ms) for tid, content, is_error in results],
+    )
+
+
+async def clear_tool_state(db: Any, session_id: str) -> None:
+    await db.execute("DELETE FROM staged_tool_results WHERE session_id = ?", (session_id,))
+    await db.execute("DELETE FROM pending_tool_calls WHERE session_id = ?", (session_id,))
+
+
+async def system_context_key(db: Any, session_id: str, key: str) -> str | None:
+    rows = await db.execute_fetchall(
+        "SELECT text FROM system_context_keys WHERE session_id = ? AND idempotency_key = ?", (session_id, key)
+    )
+    return rows[0][0] if rows else None
+
+
+async def remember_system_context_key(db: Any, session_id: str, key: str, text: str) -> None:
+    await db.execute(
+        "INSERT INTO system_context_keys (session_id, idempotency_key, text) VALUES (?, ?, ?)",
+        (session_id, key, text),
+    )
+
+
+async def stage_system_context(
+    db: Any, session_id: str, text: str, source: str | None, key: str | None, now_ms: int
+) -> None:
+    await db.execute(
+        "INSERT INTO staged_system_context (session_id, text, source, idempotency_key, created_at_ms)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (session_id, text, source, key, now_ms),
+    )
+
+
+async def take_staged_system_context(db: Any, session_id: str) -> list[tuple[str, str | None, str | None]]:
+    rows = await db.execute_fetchall(
+        "SELECT text, source, idempotency_key FROM staged_system_context WHERE session_id = ? ORDER BY id",
+        (session_id,),
+    )
+    if rows:
+        await db.execute("DELETE FROM staged_system_context WHERE session_id = ?", (session_id,))
+    return [(r[0], r[1], r[2]) for r in rows]
