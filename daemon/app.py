@@ -11,15 +11,17 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import anyio
+import msgspec
 
-from .transport.dispatch import Dispatcher
-from .frontends.warren import build_handlers
+from protocol import DEFAULT_COALESCE_AFTER_LINES
+
+from .core.events import EventBus
+from .frontends.warren import CANCEL_METHOD, WarrenFrontend
 from .providers import ProviderRegistry
-from .transport.peer import Connection
-from .transport.stdio import Writer
 from .store import Store
+from .transport.peer import Peer
+from .transport.stdio import Writer
 from .logs import get_logger
 
 if TYPE_CHECKING:
@@ -34,37 +36,39 @@ class Options(msgspec.Struct):
     config: Path | None = None
     busy_timeout_ms: int = 5000
     shutdown_grace_s: float = 5.0
+    keep_delta_turns: int | None = None
+    coalesce_after_lines: int = DEFAULT_COALESCE_AFTER_LINES
 
 
 async def serve(options: Options, in_fd: int, out_fd: int) -> None:
-    store = Store(options.db, busy_timeout_ms=options.busy_timeout_ms)
-    connection = Connection(
-        Writer(out_fd), max_line_bytes=options.max_line_bytes, shutdown_grace_s=options.shutdown_grace_s
-    )
-    connection.writer.on_broken = connection.stop_reading
+    built: list[SessionService] = []
+    stopping = False
+
+    def service() -> SessionService:
+        """The session service, imported and built on first use (see ``WarrenFrontend``)."""
+        if not built:
+            from .core.service import SessionService
+
+            built.append(SessionService(store, registry, bus, frontend, frontend, root.start_soon,
+                                        accepting=not stopping))
+        return built[0]
+
+    async def recover(db: Any) -> int:
+        """Runs when the store opens, before any other unit: nothing may see a dead turn."""
+        return await service().recover(db)
+
+    store = Store(options.db, busy_timeout_ms=options.busy_timeout_ms, on_open=recover)
+    bus = EventBus(store, keep_delta_turns=options.keep_delta_turns)
+    writer = Writer(out_fd, coalesce_after=options.coalesce_after_lines)
     registry, startup_logs = load_providers(options.config)
     startup_logs.append(
         ("info", "started", {"db": str(options.db) if options.db else ":memory:", "max_line_bytes": options.max_line_bytes})
     )
-    built: list[SessionService] = []
 
-    def service() -> SessionService:
-        """The session service, imported and built on first use (see ``build_handlers``)."""
-        if not built:
-            from .core.service import SessionService
-
-            made = SessionService(store, registry, connection, channel=connection)
-            made.spawn = root.start_soon
-            made.accepting = not stopping
-            store.on_open = made.recover  # before the store opens: nothing may see a dead turn
-            built.append(made)
-        return built[0]
-
-    stopping = False
-
-    async def interrupt_turns() -> None:
+    async def input_closed() -> None:
         nonlocal stopping
         stopping = True  # a service built from now on starts out shutting down
+        bus.drop_sink(frontend)
         if built:
             await built[0].interrupt_all()
 
@@ -76,20 +80,20 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         for level, event, fields in startup_logs:
             getattr(log, level)(event, **fields)
 
-    connection.on_shutdown = interrupt_turns
-    connection.on_first_line = lambda: root.start_soon(warm_up)
-    connection.dispatcher = Dispatcher(
-        build_handlers(service, registry, connection, max_line_bytes=options.max_line_bytes)
-    )
+    peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=CANCEL_METHOD,
+                shutdown_grace_s=options.shutdown_grace_s, on_first_line=lambda: root.start_soon(warm_up))
+    frontend = WarrenFrontend(peer, registry, service, max_line_bytes=options.max_line_bytes,
+                              coalesce_after_lines=options.coalesce_after_lines)
 
     async with anyio.create_task_group() as root:
-        root.start_soon(connection.writer.run)
+        root.start_soon(writer.run)
         await root.start(store.run)
-        root.start_soon(_watch_signals, connection)
-        await connection.serve(in_fd)
-        connection.writer.close()
+        root.start_soon(bus.run)
+        root.start_soon(_watch_signals, peer)
+        await peer.serve(in_fd, frontend.dispatcher, input_closed)
+        writer.close()
         with anyio.move_on_after(options.shutdown_grace_s):
-            await connection.writer.wait_drained()
+            await writer.wait_drained()
         with anyio.move_on_after(1, shield=True):
             await registry.aclose()
         root.cancel_scope.cancel()
@@ -112,8 +116,8 @@ def load_providers(path: Path | None) -> tuple[ProviderRegistry, list[tuple[str,
     return ProviderRegistry(config), logs
 
 
-async def _watch_signals(connection: Connection) -> None:
+async def _watch_signals(peer: Peer) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal", signal=signal.Signals(signum).name)
-            connection.stop_reading()
+            peer.stop_reading()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from protocol import DEFAULT_MAX_LINE_BYTES
+from protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -35,6 +35,10 @@ def _options() -> list[Option]:
         Option("--busy-timeout-ms", int, 5000,
                "how long a write waits for another process's lock before SESSION_STORE_ERROR"),
         Option("--shutdown-grace-s", float, 5.0, "how long shutdown waits for running requests before cancelling them"),
+        Option("--keep-delta-turns", int, None,
+               "keep the text and reasoning deltas of only each session's last N turns (default: all)"),
+        Option("--coalesce-after-lines", int, DEFAULT_COALESCE_AFTER_LINES,
+               "merge a slow client's waiting deltas once this many lines wait for it"),
     ]
 
 
@@ -110,11 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     import anyio
 
     from .app import Options, serve
-    from .store import default_db_path
+    from .store.db import default_db_path
 
     db = None if args["ephemeral"] else (args["db"] or default_db_path())
+    if args["keep_delta_turns"] is not None and args["keep_delta_turns"] < 0:
+        print("warren: --keep-delta-turns must be 0 or more", file=sys.stderr)
+        return 2
+    if args["coalesce_after_lines"] < 1:
+        print("warren: --coalesce-after-lines must be at least 1", file=sys.stderr)
+        return 2
     options = Options(db=db, max_line_bytes=args["max_line_bytes"], config=args["config"],
-                      busy_timeout_ms=args["busy_timeout_ms"], shutdown_grace_s=args["shutdown_grace_s"])
+                      busy_timeout_ms=args["busy_timeout_ms"], shutdown_grace_s=args["shutdown_grace_s"],
+                      keep_delta_turns=args["keep_delta_turns"], coalesce_after_lines=args["coalesce_after_lines"])
     import gc
 
     # Everything imported so far lives for the whole process: keep the collector from

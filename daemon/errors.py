@@ -200,6 +200,32 @@ class Conflict(SessionControlError):
         return {"session_id": self.session_id, "idempotency_key": self.idempotency_key}
 
 
+class IdempotencyConflict(SessionControlError):
+    """A key (``idempotency_key``, ``operation_id``) reused with different params."""
+
+    code = "IDEMPOTENCY_CONFLICT"
+
+    def __init__(self, key: str, original: str, what: str) -> None:
+        super().__init__(
+            f"idempotency_key {key!r} was first used with different params (it made {what} {original!r}): "
+            "use a new key for a new request"
+        )
+        self.key = key
+        self.original = original
+
+    def data(self) -> dict[str, Any]:
+        return {"key": self.key, "original": self.original}
+
+
+class Replayed(WarrenError):
+    """A stored outcome answered again (an idempotent retry of a request that failed):
+    the client gets the very error object the first attempt got."""
+
+    def __init__(self, wire: ErrorObject) -> None:
+        super().__init__(wire.message)
+        self.wire = wire
+
+
 class Internal(WarrenError):
     """An unexpected failure, already logged under ``error_id``; the client sees only the id."""
 
@@ -219,6 +245,8 @@ def new_error_id() -> str:
 
 def to_wire(exc: BaseException, error_id: str | None = None) -> ErrorObject:
     """Map any exception to its JSON-RPC error. Unknown exceptions reveal nothing but an id."""
+    if isinstance(exc, Replayed):
+        return exc.wire
     if isinstance(exc, WarrenError):
         return error_object(exc.code, exc.message, retryable=exc.retryable, **{**exc.context, **exc.data()})
     return to_wire(Internal(error_id or new_error_id()))

@@ -7,3 +7,5 @@ starting an event loop, opening a database or touching stdio.
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_PAGE_SIZE = 1000
+#: While more lines than this wait for a slow client, its adjacent deltas are merged.
+DEFAULT_COALESCE_AFTER_LINES = 1024

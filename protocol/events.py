@@ -6,12 +6,12 @@ Schema tool) gets the exact shape for each type.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Annotated, Any, Literal, Union
 
-from msgspec import Struct
+from msgspec import Meta, Raw, Struct
 
 from .errors import ErrorObject
-from .types import StopReason, Usage
+from .types import MAX_SAFE_INT, NonNegativeInt, PageLimit, Params, StopReason, Usage
 
 
 class Event(Struct, tag_field="type", omit_defaults=True):
@@ -118,9 +118,90 @@ def event_type_name(cls: type[Event]) -> str:
     return cls.__struct_config__.tag  # type: ignore[return-value]
 
 
-class SessionEventParams(Struct):
+#: The ``type`` of every event, for the ``types`` filters (an unknown name is -32602).
+EventTypeName = Literal[
+    "turn_started", "text_delta", "reasoning_delta", "tool_call_requested", "tool_execution_started",
+    "tool_execution_completed", "tool_execution_timed_out", "budget_warning", "system_context_applied",
+    "usage", "retrying", "turn_completed", "turn_failed",
+]
+DELTA_TYPES = frozenset({"text_delta", "reasoning_delta"})
+Seq = Annotated[int, Meta(ge=0, le=MAX_SAFE_INT)]
+
+
+class SessionEventParams(Struct, omit_defaults=True):
+    """The params of a ``session/event`` notification, and an entry of ``session/events``.
+
+    ``replay``: sent by ``session/subscribe`` before its response (stored events).
+    ``seq_first``: this event merges the deltas ``seq_first``..``seq`` of a slow client's
+    queue; absent on every event that was sent as it was produced.
+    """
+
     session_id: str
     turn_id: str | None
     seq: int
     timestamp_ms: int
     event: AnyEvent
+    seq_first: int | None = None
+    replay: bool = False
+
+
+class StoredEventParams(Struct, omit_defaults=True):
+    """``SessionEventParams`` whose event is already JSON (as the store keeps it), so a
+    replay re-encodes nothing. Encodes exactly like ``SessionEventParams``."""
+
+    session_id: str
+    turn_id: str | None
+    seq: int
+    timestamp_ms: int
+    event: Raw
+    replay: bool = False
+
+
+class EventGap(Struct):
+    """Events after ``after_seq`` and before ``oldest_seq`` may have been removed by
+    retention (``--keep-delta-turns``); from ``oldest_seq`` on, none were."""
+
+    after_seq: int
+    oldest_seq: int
+    reason: Literal["trimmed"] = "trimmed"
+
+
+class SessionEventsParams(Params):
+    session_id: str
+    after_seq: Seq = 0
+    limit: PageLimit = 1000
+    types: list[EventTypeName] | None = None
+
+
+class SessionEventsResult(Struct, omit_defaults=True):
+    """``next_seq``: the seq after the last event this page covers (continue with
+    ``after_seq = next_seq - 1``); on an empty page, the stored head + 1."""
+
+    session_id: str
+    events: list[StoredEventParams]
+    next_seq: int
+    has_more: bool
+    gap: EventGap | None = None
+
+
+class SubscribeParams(Params):
+    session_id: str
+    after_seq: Seq | None = None
+    types: list[EventTypeName] | None = None
+
+
+class SubscribeResult(Struct, omit_defaults=True):
+    """``next_seq``: the seq of the first event the subscription will deliver live."""
+
+    subscription_id: str
+    session_id: str
+    next_seq: int
+    gap: EventGap | None = None
+
+
+class UnsubscribeParams(Params):
+    subscription_id: str
+
+
+class UnsubscribeResult(Struct):
+    unsubscribed: bool

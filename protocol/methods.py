@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from . import events as ev
 from . import types as t
 
 
@@ -31,6 +32,9 @@ METHODS: dict[str, MethodSpec] = {
     "session/stage_tool_results": MethodSpec(t.StageToolResultsParams, (t.StageToolResultsResult,)),
     "session/set_tools": MethodSpec(t.SetToolsParams, (t.SetToolsResult,)),
     "providers/list": MethodSpec(t.ProvidersListParams, (t.ProvidersListResult,)),
+    "session/events": MethodSpec(ev.SessionEventsParams, (ev.SessionEventsResult,)),
+    "session/subscribe": MethodSpec(ev.SubscribeParams, (ev.SubscribeResult,)),
+    "session/unsubscribe": MethodSpec(ev.UnsubscribeParams, (ev.UnsubscribeResult,)),
 }
 
 

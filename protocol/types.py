@@ -21,6 +21,7 @@ PositiveInt = Annotated[int, Meta(ge=1, le=MAX_SAFE_INT)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=MAX_SAFE_INT)]
 PageLimit = Annotated[int, Meta(ge=1, le=MAX_PAGE_SIZE)]
 ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=256)]
 
 Role = Literal["system", "user", "assistant", "tool"]
 StopReason = Literal["end_turn", "max_tokens", "tool_use", "interrupted", "budget_exhausted", "refusal"]
@@ -141,11 +142,13 @@ class ServerCapabilities(Struct):
     methods: list[str]
     events: list[str]
     providers: list[str]
+    event_subscriptions: bool = True
 
 
 class Limits(Struct):
     max_line_bytes: int
     max_page_size: int
+    coalesce_after_lines: int
 
 
 class InitializeResult(Struct):
@@ -179,6 +182,7 @@ class SessionCreateParams(Params):
     budget: Budget | None = None
     provider_params: dict[str, Any] | None = None
     tool_timeout_ms: PositiveInt | None = None
+    idempotency_key: IdempotencyKey | None = None
 
 
 class SetToolsParams(Params):
@@ -201,6 +205,7 @@ class TurnStartParams(Params):
     model: NonEmptyStr | None = None
     max_tokens: PositiveInt | None = None
     provider_params: dict[str, Any] | None = None
+    idempotency_key: IdempotencyKey | None = None
 
 
 class TurnInterruptParams(Params):

@@ -593,11 +593,11 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after({"retry-after": "-4"}) is None
 
 
-def test_redactor_covers_key_and_credential_headers() -> None:
+def test_redactor_covers_key_and_every_header_value() -> None:
     config = ProviderConfig(
         "p", "openai", "http://x", api_key="sk-live-AAAA1111",
         headers={"X-Proxy-Token": "Bearer tok-ZZZZ9999", "X-Title": "warren"},
     )
     redact = Redactor(secrets_of(config))
-    assert redact("k=sk-live-AAAA1111 t=tok-ZZZZ9999 title=warren") == "k=[redacted] t=[redacted] title=warren"
+    assert redact("k=sk-live-AAAA1111 t=tok-ZZZZ9999 title=warren") == "k=[redacted] t=[redacted] title=[redacted]"
     assert "tok-ZZZZ9999" not in repr(config) and "sk-live" not in repr(config)

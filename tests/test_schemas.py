@@ -3,6 +3,8 @@ real daemon actually writes."""
 
 from __future__ import annotations
 
+import json
+
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -187,6 +189,17 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     c.call("session/archive", {"session_id": dsid})
     c.call("session/list", {"include_archived": True})
     c.call("session/history", {"session_id": dsid})
+
+    # stored events: a page, a subscription with its replay, and its end
+    page = c.call("session/events", {"session_id": sid, "after_seq": 2, "limit": 5, "types": ["text_delta", "usage"]})
+    assert page["events"] and page["has_more"]
+    sub = c.call("session/subscribe", {"session_id": sid, "after_seq": 0})
+    assert any(json.loads(line).get("params", {}).get("replay") for line in c.d.lines if b'"replay"' in line)
+    assert c.call("session/unsubscribe", {"subscription_id": sub["subscription_id"]})["unsubscribed"] is True
+    # an idempotency key: the retry gets the first outcome; other params are a conflict
+    keyed = {"prompt": "once", "provider": "scripted", "idempotency_key": "schema-key"}
+    assert c.call("session/create", keyed) == c.call("session/create", keyed)
+    c.error("session/create", {**keyed, "prompt": "other"})
 
     # errors of several kinds, as the daemon writes them
     c.error("session/read", {"session_id": dsid})

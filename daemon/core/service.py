@@ -8,10 +8,23 @@ for every session, and at any later claim for that session.
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from typing import Any, Callable
 
 import anyio
+import msgspec
 
+from protocol.errors import ErrorObject
+from protocol.events import (
+    SessionEventsParams,
+    SessionEventsResult,
+    SubscribeParams,
+    SubscribeResult,
+    SystemContextApplied,
+    TurnCompleted,
+    UnsubscribeParams,
+    UnsubscribeResult,
+)
 from protocol.types import (
     DEFAULT_TOOL_TIMEOUT_MS,
     AppendSystemContextParams,
@@ -45,7 +58,8 @@ from protocol.types import (
 from .. import errors
 from ..store import sessions, staging, transcripts, turns as turn_rows
 from ..clock import new_id, now_ms
-from .events import RESERVATION, EventSink
+from ..store import events as event_rows
+from .events import EventBus, Numbered, Sink
 from ..providers import ProviderRegistry
 from ..store import Store
 from .tools import ClientChannel, check_tool_defs
@@ -63,22 +77,37 @@ async def _live_row(db: Any, session_id: str) -> sessions.SessionRow:
     return row
 
 
+def params_hash(params: msgspec.Struct) -> str:
+    """What an idempotency key is checked against: the request's params without the key."""
+    without_key = msgspec.structs.replace(params, idempotency_key=None)  # type: ignore[call-arg]
+    return hashlib.sha256(msgspec.json.encode(without_key)).hexdigest()
+
+
+class _KeyTaken(Exception):
+    """Inside a claim: another request (maybe another daemon's) took the key first."""
+
+
 class SessionService:
     def __init__(
         self,
         store: Store,
         providers: ProviderRegistry,
-        sink: EventSink,
-        channel: ClientChannel | None = None,
+        bus: EventBus,
+        sink: Sink,
+        channel: ClientChannel | None,
+        spawn: Callable[..., None],
+        *,
+        accepting: bool = True,
     ) -> None:
         self.store = store
         self.providers = providers
-        self.sink = sink
+        self.bus = bus
+        self.sink = sink  # the connection: it gets the events of the turns it runs
         self.channel = channel
-        self.spawn: Any = None  # starts background tasks in the daemon's root task group
+        self.spawn = spawn  # starts background tasks in the daemon's root task group
         self.turns: dict[str, Turn] = {}  # session_id -> the turn this process runs
         self._claimed: set[str] = set()  # turn ids this process has claimed, running or about to
-        self.accepting = True
+        self.accepting = accepting
 
     # ------------------------------------------------------------------ start-up
 
@@ -115,15 +144,23 @@ class SessionService:
         waiting on the client gets error results, so the history stays one every provider
         accepts (each tool_use answered)."""
         now = now_ms()
-        await turn_rows.end_turn(db, turn_id, status="interrupted", stop_reason="interrupted", usage=None, now_ms=now)
         last = await transcripts.last_message(db, session_id)
+        count = 0 if last is None else last.index + 1
+        text = ""
         if last is not None and last.role == "assistant" and last.turn_id == turn_id:
+            text = "".join(b.text for b in last.content if isinstance(b, TextBlock))
             calls = [b for b in last.content if isinstance(b, ToolUseBlock)]
             pending = {c.tool_use_id for c in await staging.pending_tool_calls(db, session_id)}
             if calls and not pending:
                 results = [ToolResultBlock(c.id, "Tool call interrupted: the daemon stopped", True) for c in calls]
-                await transcripts.append_messages(db, session_id, [Message(last.index + 1, "tool", list(results), now, turn_id)])
-                await sessions.update_session(db, session_id, message_count=last.index + 2)
+                await transcripts.append_messages(db, session_id, [Message(count, "tool", list(results), now, turn_id)])
+                count += 1
+                await sessions.update_session(db, session_id, message_count=count)
+        result = RunResult(session_id, turn_id, text, "interrupted", [], Usage.zero(), count, [])
+        await turn_rows.end_turn(db, turn_id, status="interrupted", stop_reason="interrupted", usage=None,
+                                 now_ms=now, result=result)
+        # The turn's last event: it was never sent, so followers learn here that it ended.
+        await self.bus.append(db, session_id, [TurnCompleted("interrupted", Usage.zero())], turn_id)
         log.info("closed_dead_turn", session_id=session_id, turn_id=turn_id)
 
     # ------------------------------------------------------------------ turns
@@ -159,23 +196,110 @@ class SessionService:
             running_owner=None,
             tool_timeout_ms=p.tool_timeout_ms or DEFAULT_TOOL_TIMEOUT_MS,
         )
-        if defer:
-            await self.store.write(lambda db: sessions.insert_session(db, row))
-            log.info("session_created", session_id=row.session_id, provider=provider, deferred=True)
-            return DeferredCreateResult(row.session_id, row.created_at_ms)
-        log.info("session_created", session_id=row.session_id, provider=provider, deferred=False)
-        return await self._run_turn(row.session_id, p.prompt or "", new_session=row)
+        key = None
+        if p.idempotency_key is not None:
+            key = (p.idempotency_key, params_hash(p))
+            made = await self.store.read(lambda db: sessions.create_key(db, p.idempotency_key))
+            if made is not None:
+                return await self._create_again(made, key)
+        try:
+            if defer:
+                await self.store.write(lambda db: self._insert_session(db, row, key, None))
+                log.info("session_created", session_id=row.session_id, provider=provider, deferred=True)
+                return DeferredCreateResult(row.session_id, row.created_at_ms)
+            log.info("session_created", session_id=row.session_id, provider=provider, deferred=False)
+            return await self._run_turn(row.session_id, p.prompt or "", new_session=row, create_key=key)
+        except _KeyTaken:
+            assert key is not None
+            made = await self.store.read(lambda db: sessions.create_key(db, key[0]))
+            assert made is not None
+            return await self._create_again(made, key)
+
+    async def _insert_session(
+        self, db: Any, row: sessions.SessionRow, key: tuple[str, str] | None, turn_id: str | None
+    ) -> None:
+        if key is not None and await sessions.create_key(db, key[0]) is not None:
+            raise _KeyTaken()
+        await sessions.insert_session(db, row)
+        if key is not None:
+            await sessions.remember_create_key(
+                db, key[0], sessions.CreateKey(key[1], row.session_id, turn_id, row.created_at_ms)
+            )
+
+    async def _create_again(self, made: sessions.CreateKey, key: tuple[str, str]) -> RunResult | DeferredCreateResult:
+        """A ``session/create`` retried with its idempotency key: what the first one made."""
+        if made.params_hash != key[1]:
+            raise errors.IdempotencyConflict(key[0], made.session_id, "session")
+        if made.turn_id is None:
+            return DeferredCreateResult(made.session_id, made.created_at_ms)
+        return await self._follow(made.session_id, made.turn_id)
 
     async def start_turn(self, p: TurnStartParams) -> RunResult:
-        return await self._run_turn(
-            p.session_id,
-            p.prompt,
-            system_prompt=p.system_prompt,
-            model=p.model,
-            max_tokens=p.max_tokens,
-            provider_params=p.provider_params,
-            overlay=p.turn_tool_overlay,
-        )
+        key = None
+        if p.idempotency_key is not None:
+            key = (p.idempotency_key, params_hash(p))
+            first = await self.store.read(lambda db: turn_rows.turn_by_key(db, p.session_id, p.idempotency_key))
+            if first is not None:
+                return await self._start_again(first, key)
+        try:
+            return await self._run_turn(
+                p.session_id,
+                p.prompt,
+                system_prompt=p.system_prompt,
+                model=p.model,
+                max_tokens=p.max_tokens,
+                provider_params=p.provider_params,
+                overlay=p.turn_tool_overlay,
+                turn_key=key,
+            )
+        except _KeyTaken:
+            assert key is not None
+            first = await self.store.read(lambda db: turn_rows.turn_by_key(db, p.session_id, key[0]))
+            assert first is not None
+            return await self._start_again(first, key)
+
+    async def _start_again(self, first: turn_rows.TurnRow, key: tuple[str, str]) -> RunResult:
+        if first.params_hash != key[1]:
+            raise errors.IdempotencyConflict(key[0], first.turn_id, "turn")
+        return await self._follow(first.session_id, first.turn_id)
+
+    async def _follow(self, session_id: str, turn_id: str) -> RunResult:
+        """The outcome of a turn that an earlier request started: its stored RunResult (or
+        error) once it ends. While it runs, in this daemon or another, this connection
+        gets its events from now on, as the first request's connection does."""
+        subscription: str | None = None
+        try:
+            while True:
+                local = self.turns.get(session_id)
+                if local is not None and local.turn_id == turn_id:
+                    await local.done.wait()
+                    return _outcome(local.outcome)
+                row = await self.store.read(lambda db: turn_rows.get_turn(db, turn_id))
+                assert row is not None
+                if row.status != "running":
+                    if row.result is not None:
+                        return msgspec.json.decode(row.result, type=RunResult)
+                    if row.error is not None:
+                        raise errors.Replayed(msgspec.json.decode(row.error, type=ErrorObject))
+                    raise errors.FailedWithData(
+                        f"Turn {turn_id!r} ended before this daemon kept outcomes",
+                        {"reason": "outcome_not_kept", "turn_id": turn_id},
+                    )
+                if not self._owner_alive(row.owner, turn_id):
+                    await self.store.write(lambda db: self._close_if_dead(db, turn_id, session_id))
+                    continue
+                if subscription is None:
+                    subscription = (await self.bus.subscribe(self.sink, session_id, None, None)).subscription_id
+                    continue  # the turn may have ended while subscribing
+                await self.bus.watch()
+        finally:
+            if subscription is not None:
+                self.bus.unsubscribe(subscription)
+
+    async def _close_if_dead(self, db: Any, turn_id: str, session_id: str) -> None:
+        row = await turn_rows.get_turn(db, turn_id)
+        if row is not None and row.status == "running" and not self._owner_alive(row.owner, turn_id):
+            await self._close_dead_turn(db, turn_id, session_id)
 
     async def _run_turn(
         self,
@@ -188,12 +312,18 @@ class SessionService:
         max_tokens: int | None = None,
         provider_params: dict[str, Any] | None = None,
         overlay: ToolOverlay | None = None,
+        create_key: tuple[str, str] | None = None,
+        turn_key: tuple[str, str] | None = None,
     ) -> RunResult:
         turn_id = new_id()
 
-        async def claim(db: Any) -> tuple[sessions.SessionRow, list[Message], list[tuple[str, str | None, str | None]]]:
+        async def claim(
+            db: Any,
+        ) -> tuple[sessions.SessionRow, list[Message], list[tuple[str, str | None, str | None]], tuple[int, int]]:
             if new_session is not None:
-                await sessions.insert_session(db, new_session)
+                await self._insert_session(db, new_session, create_key, turn_id)
+            elif turn_key is not None and await turn_rows.turn_by_key(db, session_id, turn_key[0]) is not None:
+                raise _KeyTaken()
             row = await _live_row(db, session_id)
             if row.running_turn_id is not None:
                 if self._owner_alive(row.running_owner, row.running_turn_id):
@@ -234,13 +364,16 @@ class SessionService:
             if not any(m.role in ("user", "tool") for m in new):
                 raise errors.InvalidRequest.at("$.prompt", "must not be empty")
             await transcripts.append_messages(db, session_id, new)
-            await turn_rows.insert_turn(db, turn_id, session_id, self.store.owner.owner_id, now)
+            await turn_rows.insert_turn(
+                db, turn_id, session_id, self.store.owner.owner_id, now,
+                *(turn_key if turn_key is not None else (None, None)),
+            )
             self._claimed.add(turn_id)
+            seqs = await self.bus.reserve(db, session_id)
             fields: dict[str, Any] = {
                 "message_count": index + len(new),
                 "updated_at_ms": now,
                 "staged_prompt": None,
-                "next_seq": row.next_seq + RESERVATION,
             }
             if system_prompt is not None:
                 fields["system_prompt"] = row.system_prompt = system_prompt
@@ -252,10 +385,10 @@ class SessionService:
                 fields["provider_params"] = row.provider_params = provider_params
                 fields["provider_state"] = row.provider_state = {}
             await sessions.update_session(db, session_id, **fields)
-            return row, new, applied
+            return row, new, applied, seqs
 
         try:
-            row, new, applied = await self.store.write(claim)
+            row, new, applied, (first_seq, reserved) = await self.store.write(claim)
         except BaseException:
             self._claimed.discard(turn_id)
             raise
@@ -270,14 +403,14 @@ class SessionService:
             provider_params=row.provider_params or {},
             provider_state=row.provider_state,
             message_count=row.message_count + len(new),
-            next_seq=row.next_seq,
             applied_context=applied,
             overlay=overlay,
             budget=row.budget,
             tool_timeout_ms=row.tool_timeout_ms,
         )
+        events = self.bus.open_turn(session_id, turn_id, first_seq, reserved, self.sink)
         turn = self.turns[session_id] = Turn(
-            setup, self.providers, self.store, self.sink, self.channel, self.spawn
+            setup, self.providers, self.store, self.bus, events, self.channel, self.spawn
         )
         if not self.accepting:
             # read before the input ended, claimed after: committed, then interrupted like the rest
@@ -393,6 +526,7 @@ class SessionService:
 
     async def append_system_context(self, p: AppendSystemContextParams) -> AppendSystemContextResult:
         async def unit(db: Any) -> str:
+            applied.clear()
             row = await _live_row(db, p.session_id)
             if p.idempotency_key is not None:
                 seen = await staging.system_context_key(db, p.session_id, p.idempotency_key)
@@ -408,9 +542,12 @@ class SessionService:
             message = Message(row.message_count, "system", [TextBlock(p.text)], now, None, p.source)
             await transcripts.append_messages(db, p.session_id, [message])
             await sessions.update_session(db, p.session_id, message_count=row.message_count + 1, updated_at_ms=now)
+            applied.extend(await self.bus.append(db, p.session_id, [SystemContextApplied(p.source, p.idempotency_key)]))
             return "applied"
 
+        applied: list[Numbered] = []
         status = await self.store.write(unit)
+        self.bus.deliver_committed(applied)
         return AppendSystemContextResult(status)  # type: ignore[arg-type]
 
     async def stage_tool_results(self, p: StageToolResultsParams) -> StageToolResultsResult:
@@ -437,3 +574,29 @@ class SessionService:
             return len(p.results)
 
         return StageToolResultsResult(await self.store.write(unit))
+
+    # ------------------------------------------------------------------ events
+
+    async def _known(self, session_id: str) -> None:
+        """Events stay readable after archiving, like history: only an unknown id fails."""
+        if await self.store.read(lambda db: sessions.get_session(db, session_id)) is None:
+            raise errors.NotFound(session_id)
+
+    async def events(self, p: SessionEventsParams) -> SessionEventsResult:
+        await self._known(p.session_id)
+        return await self.bus.page(p.session_id, p.after_seq, p.limit, p.types)
+
+    async def subscribe(self, p: SubscribeParams) -> SubscribeResult:
+        await self._known(p.session_id)
+        return await self.bus.subscribe(self.sink, p.session_id, p.after_seq, p.types)
+
+    def unsubscribe(self, p: UnsubscribeParams) -> UnsubscribeResult:
+        return UnsubscribeResult(self.bus.unsubscribe(p.subscription_id))
+
+
+def _outcome(outcome: RunResult | errors.WarrenError | None) -> RunResult:
+    if isinstance(outcome, RunResult):
+        return outcome
+    if outcome is None:
+        raise errors.Agent("The turn ended without an outcome")
+    raise errors.Replayed(errors.to_wire(outcome))

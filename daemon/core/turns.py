@@ -53,7 +53,8 @@ from protocol.types import (
 from .. import errors
 from ..store import sessions, staging, transcripts, turns as turn_rows
 from ..clock import now_ms
-from .events import RESERVATION, EventSink
+from ..store import events as event_rows
+from .events import EventBus, Numbered, TurnLog
 from ..providers import ProviderRegistry, base
 from ..store import Store
 from .tools import ClientChannel, StepRunner, offered
@@ -77,7 +78,6 @@ class TurnSetup(msgspec.Struct):
     provider_params: dict[str, Any]
     provider_state: dict[str, Any]
     message_count: int
-    next_seq: int
     applied_context: list[tuple[str, str | None, str | None]] = msgspec.field(default_factory=list)
     overlay: ToolOverlay | None = None
     budget: Budget | None = None
@@ -181,7 +181,8 @@ class Turn:
         setup: TurnSetup,
         providers: ProviderRegistry,
         store: Store,
-        sink: EventSink,
+        bus: EventBus,
+        events: TurnLog,
         channel: ClientChannel | None = None,
         spawn: Callable[..., None] | None = None,
     ) -> None:
@@ -191,13 +192,12 @@ class Turn:
         self.providers = providers
         self.provider: base.Provider | None = None
         self.store = store
-        self.sink = sink
+        self.bus = bus
+        self.events = events
         self.channel = channel
         self.spawn = spawn
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
-        self.seq = setup.next_seq
-        self.seq_reserved = setup.next_seq + RESERVATION  # the claim committed this reservation
         self.history: list[Message] = []
         self.message_count = setup.message_count
         self.usage = Usage.zero()
@@ -211,35 +211,16 @@ class Turn:
         self.started_at = anyio.current_time()
         self.warned: set[str] = set()
         self.exhausted: BudgetUse | None = None
-        self._reserve_lock = anyio.Lock()
+        #: The outcome, once the turn ended: its RunResult, or the error it failed with.
+        self.outcome: RunResult | errors.WarrenError | None = None
+        self.keep_delta_turns = bus.keep_delta_turns
         self.log = log.bind(session_id=self.session_id, turn_id=self.turn_id)
 
     # ------------------------------------------------------------------ events
 
     async def emit(self, event: Event) -> None:
-        """Send one event. Tool calls and the budget timer emit concurrently with the
-        loop; allocating ``seq`` and queueing the line happen with no await in between,
-        so ``seq`` order is wire order without a lock (whose checkpoint would cost a
-        trip through the event loop per delta)."""
-        while True:
-            if self.seq >= self.seq_reserved:
-                async with self._reserve_lock:
-                    if self.seq >= self.seq_reserved:
-                        target = self.seq + RESERVATION
-                        await self.store.write(
-                            lambda db, target=target: sessions.update_session(db, self.session_id, next_seq=target)
-                        )
-                        self.seq_reserved = target
-            await self.sink.wait_writable()
-            if self.seq < self.seq_reserved:
-                break
-        seq = self.seq
-        self.seq += 1
-        self.sink.session_event(self.session_id, self.turn_id, seq, event)
-
-    async def _emit_context(self, applied: list[tuple[str, str | None, str | None]]) -> None:
-        for _text, source, key in applied:
-            await self.emit(SystemContextApplied(source, key))
+        """Send one event now (the bus numbers it and keeps it for the next commit)."""
+        await self.bus.emit(self.events, event)
 
     # ------------------------------------------------------------------ budgets
 
@@ -289,7 +270,7 @@ class Turn:
                         )
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    await self._finish_interrupted("interrupted")
+                    self.outcome = await self._finish_interrupted("interrupted")
                 raise
             except base.ProviderError as exc:
                 failure = errors.ProviderFailed(
@@ -304,6 +285,7 @@ class Turn:
                 if result is None:
                     with anyio.CancelScope(shield=True):
                         result = await self._finish_interrupted("interrupted")
+                self.outcome = result
                 return result
             if not isinstance(failure, errors.WarrenError):
                 internal = errors.Internal(errors.new_error_id())
@@ -313,9 +295,11 @@ class Turn:
             failure.context.setdefault("session_id", self.session_id)
             with anyio.CancelScope(shield=True):
                 await self._finish_failed(failure)
+            self.outcome = failure
             raise failure
         finally:
             self.budget_clock.cancel()
+            self.bus.close_turn(self.events)
             self.done.set()
 
     async def _loop(self) -> RunResult | None:
@@ -329,7 +313,8 @@ class Turn:
             await self._discover_model()
         tools = offered(setup.tools, setup.overlay)
         await self.emit(TurnStarted(setup.provider, setup.model, [t.name for t in tools]))
-        await self._emit_context(setup.applied_context)
+        for _text, source, key in setup.applied_context:
+            await self.emit(SystemContextApplied(source, key))
         budget = setup.budget or Budget()
         executes = self.channel is not None and self.channel.supports_tool_execute()
         while True:
@@ -354,25 +339,18 @@ class Turn:
                     ToolResultBlock(c.tool_use_id, f"Not run: the turn's {self.exhausted.budget} budget is exhausted", True)
                     for c in calls
                 ] if stop == "budget_exhausted" and self.exhausted else []
-                applied = await self._commit_call(output, stop if final else None, refused)
+                result = await self._commit_call(output, stop if final else None, refused)
                 self.current = None
-                if output.usage is not None:
-                    await self.emit(UsageReported(output.usage))
-                for call in calls:
-                    await self.emit(ToolCallRequested(call.tool_use_id, call.name, call.arguments))
-                await self._emit_context(applied)
-                if final:
-                    await self.emit(TurnCompleted(stop, self.usage))
-                    return self._result(stop, pending=calls if stop == "tool_use" else [])
+                if result is not None:
+                    return result
             assert self.channel is not None
             self.step = StepRunner(
                 calls, tools, self.channel, self.session_id, self.turn_id, setup.tool_timeout_ms, self.emit
             )
             results = await self.step.run()
             with anyio.CancelScope(shield=True):
-                applied = await self._commit_tool_results(results)
+                await self._commit([self._tool_message(results, self.message_count)])
                 self.step = None
-                await self._emit_context(applied)
 
     async def _discover_model(self) -> None:
         """Ask a compatible server which model it serves, and remember the answer."""
@@ -455,80 +433,97 @@ class Turn:
         new: list[Message],
         *,
         usage: Usage = Usage.zero(),
-        end: tuple[str, StopReason | None] | None = None,
+        events: list[Event] = [],
+        end: tuple[str, StopReason] | None = None,
         pending: list[ToolCall] | None = None,
-        events_after: int = 0,
         last_text: str | None = None,
-        apply_context: bool = True,
-        error: dict[str, Any] | None = None,
-    ) -> list[tuple[str, str | None, str | None]]:
-        """One unit: append ``new`` plus any staged system context, add usage, and either
-        keep the turn running or end it (``end = (status, stop_reason)``).
+    ) -> RunResult | None:
+        """One unit: append ``new`` plus any system context staged meanwhile, add usage,
+        store the turn's events, and either keep the turn running or end it
+        (``end = (status, stop_reason)``; then the RunResult is stored and returned).
 
-        The unit runs on the store's thread, so it reads only this snapshot and returns
-        what it wrote; the turn's own state is updated here, on the event loop.
+        ``events`` report this commit (usage, tool calls requested): they are staged, so
+        they go out once the commit holds, followed by the context applied and, at the
+        end, ``turn_completed``. The unit runs on the store's thread, so it reads only
+        this snapshot; the turn's own state is updated here, on the event loop.
         """
         sid, turn_id, provider_state = self.session_id, self.turn_id, self.setup.provider_state
-        count, seq, turn_usage = self.message_count, self.seq, self.usage + usage
+        count, turn_usage = self.message_count, self.usage + usage
+        staged_context = await self.store.read(lambda db: staging.staged_system_context(db, sid))
+        now = now_ms()
+        messages = new + [
+            Message(count + len(new) + i, "system", [TextBlock(text)], now, turn_id, source)
+            for i, (_id, text, source, _key) in enumerate(staged_context)
+        ]
+        staged: list[Numbered | None] = []
+        for event in events:
+            staged.append(await self.bus.stage(self.events, event))
+        for _id, _text, source, key in staged_context:
+            staged.append(await self.bus.stage(self.events, SystemContextApplied(source, key)))
+        result = None
+        if end is not None:
+            result = self._result(end[1], pending or [], count + len(messages), turn_usage)
+            staged.append(await self.bus.stage(self.events, TurnCompleted(end[1], turn_usage), final=True))
+        rows = self.bus.take(self.events)
+        next_seq = self.events.next
+        keep = self.keep_delta_turns
 
-        async def unit(db: Any) -> tuple[list[Message], list[tuple[str, str | None, str | None]]]:
-            now = now_ms()
-            applied = await staging.take_staged_system_context(db, sid) if apply_context else []
-            messages = new + [
-                Message(count + len(new) + i, "system", [TextBlock(text)], now, turn_id, source)
-                for i, (text, source, _key) in enumerate(applied)
-            ]
+        async def unit(db: Any) -> None:
+            await staging.remove_staged_system_context(db, [c[0] for c in staged_context])
             await transcripts.append_messages(db, sid, messages)
             await sessions.add_usage(db, sid, usage)
             if pending:
                 await staging.set_pending_tool_calls(db, sid, pending)
+            await event_rows.insert(db, rows)
             fields: dict[str, Any] = {
                 "message_count": count + len(messages),
                 "updated_at_ms": now,
                 "provider_state": provider_state,
-                # ending: the exact next seq (events still to come, applied context, the
-                # last event); running on: a fresh reservation
-                "next_seq": seq + events_after + len(applied) + 1 if end is not None else seq + RESERVATION,
             }
             if last_text:
                 fields["last_assistant_text"] = last_text
             await sessions.update_session(db, sid, **fields)
             if end is not None:
+                await event_rows.set_next_seq(db, sid, next_seq)
                 await turn_rows.end_turn(db, turn_id, status=end[0], stop_reason=end[1], usage=turn_usage,
-                                      now_ms=now, error=error)
-            return messages, applied
+                                         now_ms=now, result=result)
+                if keep is not None:
+                    await event_rows.trim_deltas(db, sid, keep)
 
-        messages, applied = await self.store.write(unit)
+        try:
+            await self.store.write(unit)
+        except BaseException:
+            self.bus.unstored(self.events)
+            self.bus.retract(self.events, staged)
+            raise
+        self.bus.stored(self.events)
         self.history.extend(messages)
         self.message_count += len(messages)
-        if end is None:
-            self.seq_reserved = seq + RESERVATION
         self.usage = turn_usage
-        return applied
+        self.bus.publish(self.events, staged)
+        return result
 
     async def _commit_call(
         self, output: CallOutput, stop: StopReason | None, refused: list[ToolResultBlock]
-    ) -> list[tuple[str, str | None, str | None]]:
+    ) -> RunResult | None:
         """Commit a finished model call; with ``stop`` set this also ends the turn."""
         message = self._assistant(output, partial=False)
         new = [message] if message else []
         if refused:
             new.append(self._tool_message(refused, self.message_count + len(new)))
         calls = output.tool_calls()
-        applied = await self._commit(
+        events: list[Event] = [UsageReported(output.usage)] if output.usage is not None else []
+        events += [ToolCallRequested(c.tool_use_id, c.name, c.arguments) for c in calls]
+        self.tool_calls.extend(calls)
+        self.last_text = output.text()
+        return await self._commit(
             new,
             usage=output.usage or Usage.zero(),
+            events=events,
             end=None if stop is None else ("completed", stop),
             pending=calls if stop == "tool_use" else [],
-            events_after=(output.usage is not None) + len(calls),
             last_text=output.text(),
         )
-        self.last_text = output.text()
-        self.tool_calls.extend(calls)
-        return applied
-
-    async def _commit_tool_results(self, results: list[ToolResultBlock]) -> list[tuple[str, str | None, str | None]]:
-        return await self._commit([self._tool_message(results, self.message_count)])
 
     async def _finish_interrupted(self, stop: StopReason) -> RunResult:
         """Commit what the cut-short step produced and end the turn with ``stop``
@@ -544,43 +539,64 @@ class Turn:
             new.append(self._tool_message(self.step.ordered(f"Tool call {cause}"), self.message_count + len(new)))
         usage = (output.usage if output else None) or Usage.zero()
         text = output.text() if output else ""
+        if text:
+            self.last_text = text
         try:
-            applied = await self._commit(
+            result = await self._commit(
                 new, usage=usage, end=("interrupted" if stop == "interrupted" else "completed", stop), last_text=text
             )
         except errors.WarrenError as exc:
-            await self.emit(TurnFailed(errors.to_wire(exc)))
+            await self._send_failed(errors.to_wire(exc))
             raise
-        if text:
-            self.last_text = text
         self.current = self.step = None
-        await self._emit_context(applied)
-        await self.emit(TurnCompleted(stop, self.usage))
-        return self._result(stop, pending=[])
+        assert result is not None
+        return result
 
     async def _finish_failed(self, failure: errors.WarrenError) -> None:
-        """End the turn as failed. Staged system context stays staged for the next turn."""
+        """End the turn as failed: store the error it answers with and ``turn_failed``.
+        Staged system context stays staged for the next turn."""
         wire = errors.to_wire(failure)
         new = []
         if self.step is not None:
             new.append(self._tool_message(self.step.ordered("Tool call abandoned: the turn failed"), self.message_count))
+        sid, turn_id, count, provider_state = self.session_id, self.turn_id, self.message_count, self.setup.provider_state
+        event = await self.bus.stage(self.events, TurnFailed(wire), final=True)
+        rows = self.bus.take(self.events)
+        next_seq = self.events.next
+
+        async def unit(db: Any) -> None:
+            now = now_ms()
+            await transcripts.append_messages(db, sid, new)
+            await sessions.update_session(db, sid, message_count=count + len(new), updated_at_ms=now,
+                                          provider_state=provider_state)
+            await event_rows.insert(db, rows)
+            await event_rows.set_next_seq(db, sid, next_seq)
+            await turn_rows.end_turn(db, turn_id, status="failed", stop_reason=None, usage=self.usage,
+                                     now_ms=now, error=wire)
+
         try:
-            await self._commit(new, end=("failed", None), apply_context=False,
-                               error={"code": wire.data.get("code"), "message": wire.message})
+            await self.store.write(unit)
+            self.bus.stored(self.events)
         except errors.WarrenError as exc:
+            self.bus.unstored(self.events)
             self.log.warning("turn_close_failed", reason=getattr(exc, "reason", None))
         self.log.info("turn_failed", code=wire.data.get("code"))
-        await self.emit(TurnFailed(wire))
+        self.bus.publish(self.events, [event])
 
-    def _result(self, stop: StopReason, pending: list[ToolCall]) -> RunResult:
+    async def _send_failed(self, wire: Any) -> None:
+        """The end could not be stored: say so with ``turn_failed`` (sent, not stored)."""
+        event = await self.bus.stage(self.events, TurnFailed(wire), final=True)
+        self.bus.publish(self.events, [event])
+
+    def _result(self, stop: StopReason, pending: list[ToolCall], message_count: int, usage: Usage) -> RunResult:
         return RunResult(
             session_id=self.session_id,
             turn_id=self.turn_id,
             text=self.last_text,
             stop_reason=stop,
             tool_calls=list(self.tool_calls),
-            usage=self.usage,
-            message_count=self.message_count,
+            usage=usage,
+            message_count=message_count,
             pending_tool_calls=pending,
             budget=self.exhausted if stop == "budget_exhausted" else None,
         )

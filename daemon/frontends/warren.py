@@ -1,115 +1,255 @@
-"""The feature handlers: one small function per method, from validated params to a result.
+"""Warren's own protocol (v1) over the JSON-RPC peer: one small handler per method, the
+``session/event`` encoding, and ``tool/execute`` as the session service's client channel.
 
-Handlers hold no protocol logic (that is ``dispatch`` and ``server``) and no session logic
-(that is ``service``); they are the seam between the two, in the pygls style.
+Handlers hold no protocol plumbing (that is ``transport``) and no session logic (that is
+``core.service``); they are the seam between the two, in the pygls style, each method
+name beside its handler.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from protocol import DEFAULT_MAX_LINE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
+import msgspec
+
+from protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
 from protocol import types as t
-from protocol.events import EVENT_TYPES, event_type_name
+from protocol.events import (
+    EVENT_TYPES,
+    ReasoningDelta,
+    SessionEventParams,
+    StoredEventParams,
+    SubscribeParams,
+    SessionEventsParams,
+    TextDelta,
+    UnsubscribeParams,
+    event_type_name,
+)
+from protocol.methods import METHODS
 
 from .. import __version__, errors
-from ..transport.dispatch import Handler, RequestContext
+from ..core.events import Numbered
+from ..core.tools import ClientError, ClientGone
 from ..providers import ProviderRegistry
-from ..transport.peer import Connection
+from ..transport.dispatch import Dispatcher, Handler, RequestContext
+from ..transport.peer import Peer, PeerError, PeerGone
 
 if TYPE_CHECKING:
     from ..core.service import SessionService
 
+CANCEL_METHOD = "$/cancelRequest"
+EVENT_METHOD = "session/event"
 
-def build_handlers(
-    service: Callable[[], "SessionService"],
-    providers: ProviderRegistry,
-    connection: Connection,
-    *,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-) -> dict[str, Handler]:
-    """``service`` builds the session service on first use: ``initialize`` and
-    ``providers/list`` never need it, so answering them never waits for its imports."""
+#: Reads that editors poll: logged at debug when they succeed.
+QUIET_METHODS = frozenset({
+    "initialize", "session/read", "session/list", "session/history", "providers/list", "session/events",
+})
 
-    async def initialize(p: t.InitializeParams, ctx: RequestContext) -> t.InitializeResult:
-        if p.protocol_version != PROTOCOL_VERSION:
-            raise errors.InvalidRequest.at(
-                "$.protocol_version", f"unsupported version {p.protocol_version}; this daemon speaks {PROTOCOL_VERSION}"
+
+class _EventNote(msgspec.Struct, kw_only=True):
+    jsonrpc: str = "2.0"
+    method: str = EVENT_METHOD
+    params: SessionEventParams
+
+
+class _StoredNote(msgspec.Struct, kw_only=True):
+    jsonrpc: str = "2.0"
+    method: str = EVENT_METHOD
+    params: StoredEventParams
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def encode_event(numbered: Numbered, *, replay: bool = False, seq_first: int | None = None) -> bytes:
+    if isinstance(numbered.event, msgspec.Raw):
+        params = StoredEventParams(numbered.session_id, numbered.turn_id, numbered.seq, numbered.timestamp_ms,
+                                   numbered.event, replay)
+        return _encode(_StoredNote(params=params)) + b"\n"
+    note = _EventNote(params=SessionEventParams(numbered.session_id, numbered.turn_id, numbered.seq,
+                                                numbered.timestamp_ms, numbered.event, seq_first, replay))
+    return _encode(note) + b"\n"
+
+
+class _DeltaLine:
+    """A live delta waiting in a slow client's queue; the deltas after it merge into it
+    (``Mergeable``), and it is encoded once, when written, with ``seq_first``."""
+
+    __slots__ = ("first", "last", "parts")
+
+    def __init__(self, numbered: Numbered) -> None:
+        self.first = self.last = numbered
+        self.parts = [numbered.event.delta]
+
+    def merge(self, other: object) -> bool:
+        if not isinstance(other, _DeltaLine):
+            return False
+        last, new = self.last, other.first
+        if new.type != last.type or new.seq != last.seq + 1 or new.session_id != last.session_id \
+                or new.turn_id != last.turn_id:
+            return False
+        self.parts.append(new.event.delta)
+        if len(self.parts) > 4096:
+            self.parts = ["".join(self.parts)]
+        self.last = new
+        return True
+
+    def encode(self) -> bytes:
+        last = self.last
+        if last is self.first:
+            return encode_event(last)
+        cls = TextDelta if last.type == "text_delta" else ReasoningDelta
+        merged = Numbered(last.session_id, last.turn_id, last.seq, last.timestamp_ms, last.type, cls("".join(self.parts)))
+        return encode_event(merged, seq_first=self.first.seq)
+
+
+class WarrenFrontend:
+    """The v1 front-end of one connection: its dispatcher, its event sink (``deliver``) and
+    its client channel (``tool/execute``)."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        providers: ProviderRegistry,
+        service: Callable[[], "SessionService"],
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        coalesce_after_lines: int = DEFAULT_COALESCE_AFTER_LINES,
+    ) -> None:
+        """``service`` builds the session service on first use: ``initialize`` and
+        ``providers/list`` never need it, so answering them never waits for its imports."""
+        self.peer = peer
+        self.providers = providers
+        self.service = service
+        self.max_line_bytes = max_line_bytes
+        self.coalesce_after_lines = coalesce_after_lines
+        self.tool_execute = False  # the client's capabilities.tool_execute, set by initialize
+        self.dispatcher = Dispatcher(self._table(), quiet=QUIET_METHODS)
+
+    # ------------------------------------------------------------------ the event sink
+
+    def deliver(self, numbered: Numbered, *, replay: bool = False) -> None:
+        writer = self.peer.writer
+        if not replay and numbered.type in ("text_delta", "reasoning_delta") and writer.backlog > self.coalesce_after_lines \
+                and not isinstance(numbered.event, msgspec.Raw):
+            writer.send_event(_DeltaLine(numbered))
+        else:
+            writer.send_event(encode_event(numbered, replay=replay))
+
+    # ------------------------------------------------------------------ the client channel
+
+    def supports_tool_execute(self) -> bool:
+        return self.tool_execute and not self.peer.client_gone
+
+    async def call_client(self, method: str, params: dict[str, Any], timeout_s: float) -> Any:
+        try:
+            return await self.peer.request(method, params, timeout_s)
+        except PeerGone:
+            raise ClientGone() from None
+        except PeerError as exc:
+            raise ClientError(f"The client's {method} failed: {exc}") from None
+
+    # ------------------------------------------------------------------ methods
+
+    def _table(self) -> dict[str, tuple[type[msgspec.Struct], Handler]]:
+        service = self.service
+
+        async def initialize(p: t.InitializeParams, ctx: RequestContext) -> t.InitializeResult:
+            if p.protocol_version != PROTOCOL_VERSION:
+                raise errors.InvalidRequest.at(
+                    "$.protocol_version", f"unsupported version {p.protocol_version}; this daemon speaks {PROTOCOL_VERSION}"
+                )
+            if p.capabilities is not None:
+                self.tool_execute = p.capabilities.tool_execute
+            if p.client_info is not None:
+                ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
+            return t.InitializeResult(
+                protocol_version=PROTOCOL_VERSION,
+                server_info=t.ServerInfo("warren", __version__),
+                capabilities=t.ServerCapabilities(
+                    methods=self.dispatcher.methods,
+                    events=[event_type_name(e) for e in EVENT_TYPES],
+                    providers=self.providers.names(),
+                ),
+                limits=t.Limits(max_line_bytes=self.max_line_bytes, max_page_size=MAX_PAGE_SIZE,
+                                coalesce_after_lines=self.coalesce_after_lines),
             )
-        if p.capabilities is not None:
-            connection.tool_execute = p.capabilities.tool_execute
-        if p.client_info is not None:
-            ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
-        assert connection.dispatcher is not None
-        return t.InitializeResult(
-            protocol_version=PROTOCOL_VERSION,
-            server_info=t.ServerInfo("warren", __version__),
-            capabilities=t.ServerCapabilities(
-                methods=connection.dispatcher.methods,
-                events=[event_type_name(e) for e in EVENT_TYPES],
-                providers=providers.names(),
-            ),
-            limits=t.Limits(max_line_bytes=max_line_bytes, max_page_size=MAX_PAGE_SIZE),
-        )
 
-    async def shutdown(p: t.ShutdownParams, ctx: RequestContext) -> t.EmptyResult:
-        await service().interrupt_all()
-        await connection.settle_others(ctx.id)
-        return t.EmptyResult()
+        async def shutdown(p: t.ShutdownParams, ctx: RequestContext) -> t.EmptyResult:
+            await service().interrupt_all()
+            await self.peer.settle_others(ctx.id)
+            ctx.after_response = self.peer.stop_reading
+            return t.EmptyResult()
 
-    async def create(p: t.SessionCreateParams, ctx: RequestContext) -> Any:
-        result = await service().create(p)
-        ctx.session_id = result.session_id
-        return result
+        async def create(p: t.SessionCreateParams, ctx: RequestContext) -> Any:
+            result = await service().create(p)
+            ctx.session_id = result.session_id
+            return result
 
-    async def start(p: t.TurnStartParams, ctx: RequestContext) -> t.RunResult:
-        return await service().start_turn(p)
+        async def start(p: t.TurnStartParams, ctx: RequestContext) -> t.RunResult:
+            return await service().start_turn(p)
 
-    async def interrupt(p: t.TurnInterruptParams, ctx: RequestContext) -> t.InterruptResult:
-        return await service().interrupt(p)
+        async def interrupt(p: t.TurnInterruptParams, ctx: RequestContext) -> t.InterruptResult:
+            return await service().interrupt(p)
 
-    async def read(p: t.SessionIdParams, ctx: RequestContext) -> t.SessionView:
-        return await service().read(p.session_id)
+        async def read(p: t.SessionIdParams, ctx: RequestContext) -> t.SessionView:
+            return await service().read(p.session_id)
 
-    async def list_(p: t.SessionListParams, ctx: RequestContext) -> t.SessionListResult:
-        return await service().list(p)
+        async def list_(p: t.SessionListParams, ctx: RequestContext) -> t.SessionListResult:
+            return await service().list(p)
 
-    async def history(p: t.SessionHistoryParams, ctx: RequestContext) -> t.SessionHistoryPage:
-        return await service().history(p)
+        async def history(p: t.SessionHistoryParams, ctx: RequestContext) -> t.SessionHistoryPage:
+            return await service().history(p)
 
-    async def archive(p: t.SessionIdParams, ctx: RequestContext) -> t.ArchiveResult:
-        return await service().archive(p.session_id)
+        async def archive(p: t.SessionIdParams, ctx: RequestContext) -> t.ArchiveResult:
+            return await service().archive(p.session_id)
 
-    async def append(p: t.AppendSystemContextParams, ctx: RequestContext) -> t.AppendSystemContextResult:
-        return await service().append_system_context(p)
+        async def append(p: t.AppendSystemContextParams, ctx: RequestContext) -> t.AppendSystemContextResult:
+            return await service().append_system_context(p)
 
-    async def stage(p: t.StageToolResultsParams, ctx: RequestContext) -> t.StageToolResultsResult:
-        return await service().stage_tool_results(p)
+        async def stage(p: t.StageToolResultsParams, ctx: RequestContext) -> t.StageToolResultsResult:
+            return await service().stage_tool_results(p)
 
-    async def set_tools(p: t.SetToolsParams, ctx: RequestContext) -> t.SetToolsResult:
-        return await service().set_tools(p)
+        async def set_tools(p: t.SetToolsParams, ctx: RequestContext) -> t.SetToolsResult:
+            return await service().set_tools(p)
 
-    async def providers_list(p: t.ProvidersListParams, ctx: RequestContext) -> t.ProvidersListResult:
-        registry = providers
-        error = registry.config_error
-        return t.ProvidersListResult(
-            registry.describe(),
-            str(registry.config.path) if registry.config.path else None,
-            error.message if error else None,
-        )
+        async def providers_list(p: t.ProvidersListParams, ctx: RequestContext) -> t.ProvidersListResult:
+            registry = self.providers
+            error = registry.config_error
+            return t.ProvidersListResult(
+                registry.describe(),
+                str(registry.config.path) if registry.config.path else None,
+                error.message if error else None,
+            )
 
-    return {
-        "initialize": initialize,
-        "shutdown": shutdown,
-        "session/create": create,
-        "turn/start": start,
-        "turn/interrupt": interrupt,
-        "session/read": read,
-        "session/list": list_,
-        "session/history": history,
-        "session/archive": archive,
-        "session/append_system_context": append,
-        "session/stage_tool_results": stage,
-        "session/set_tools": set_tools,
-        "providers/list": providers_list,
-    }
+        async def events(p: SessionEventsParams, ctx: RequestContext) -> Any:
+            return await service().events(p)
+
+        async def subscribe(p: SubscribeParams, ctx: RequestContext) -> Any:
+            return await service().subscribe(p)
+
+        async def unsubscribe(p: UnsubscribeParams, ctx: RequestContext) -> Any:
+            return service().unsubscribe(p)
+
+        handlers: dict[str, Handler] = {
+            "initialize": initialize,
+            "shutdown": shutdown,
+            "session/create": create,
+            "turn/start": start,
+            "turn/interrupt": interrupt,
+            "session/read": read,
+            "session/list": list_,
+            "session/history": history,
+            "session/archive": archive,
+            "session/append_system_context": append,
+            "session/stage_tool_results": stage,
+            "session/set_tools": set_tools,
+            "providers/list": providers_list,
+            "session/events": events,
+            "session/subscribe": subscribe,
+            "session/unsubscribe": unsubscribe,
+        }
+        missing = set(METHODS) ^ set(handlers)
+        if missing:
+            raise RuntimeError(f"handlers and protocol.methods disagree on {sorted(missing)}")
+        return {name: (METHODS[name].params, handler) for name, handler in handlers.items()}

@@ -4,9 +4,11 @@ Every failure a real API can produce becomes one ``ProviderError`` whose ``kind`
 ``retryable`` drive the turn loop's retry policy; nothing here retries (one HTTP attempt per
 ``stream()`` call), so retries are uniform across providers and visible as events.
 
-Messages reach the client, so every text that came from outside (error bodies, exception
-texts) goes through a ``Redactor`` holding the provider's key and any credential-looking
-header values.
+Messages reach the client, so every text that came from outside (error bodies, SSE data
+lines, exception texts) goes through a ``Redactor`` holding the provider's key, every
+configured header value and the credentials in the base URL. Where such a text is quoted only
+in part, ``Redactor.clip`` cuts it, after redacting it whole: a secret echoed across the cut
+would otherwise lose its tail, no longer match, and leave its first characters in the message.
 
 Importing this module imports ``httpx``; the daemon imports it only when a real provider is
 first used.
@@ -38,7 +40,14 @@ ERROR_BODY_LIMIT = 64 * 1024
 #: What RFC 9110 (and h11, which enforces it) allows in a header value: visible ASCII, with
 #: single spaces or tabs inside.
 _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
-_SENSITIVE_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie", "session")
+#: How many characters of a body without a usable error message, and of an SSE data line
+#: that is not a JSON object, an error message quotes.
+ERROR_BODY_QUOTE = 300
+SSE_DATA_QUOTE = 200
+#: Shorter secrets (and shorter fragments of one) are not looked for: they would match
+#: ordinary text, and say nothing about the secret.
+_MIN_SECRET = 4
+REDACTED = "[redacted]"
 
 
 class Redactor:
@@ -48,38 +57,75 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None]) -> None:
         found: set[str] = set()
         for secret in secrets:
-            if not secret or len(secret) < 4:
+            if not secret or len(secret) < _MIN_SECRET:
                 continue
             found.add(secret)
             # As error texts quote it: Python's escaped forms (h11 names an illegal header
             # value by its bytes repr), and without the whitespace around it.
             found.add(repr(secret)[1:-1])
             found.add(repr(secret.encode("utf-8", "backslashreplace"))[2:-1])
-            if len(secret.strip()) >= 4:
+            if len(secret.strip()) >= _MIN_SECRET:
                 found.add(secret.strip())
         self._secrets = sorted(found, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
+            text = text.replace(secret, REDACTED)
         return text
+
+    def clip(self, text: str, limit: int, *, complete: bool = True) -> str:
+        """At most about ``limit`` characters of ``text``, redacted.
+
+        The whole text is redacted before the cut: a secret the cut runs through would no
+        longer match whole and its head would be kept. A cut that falls inside a
+        ``[redacted]`` marker keeps the marker whole (up to 9 characters past ``limit``), so
+        the reader sees that something was removed rather than a stray ``[reda``.
+
+        ``complete=False`` says ``text`` itself was cut off where it was read (a body at its
+        size limit): a secret that was still arriving there is only present as a head that
+        no match can find, so a trailing fragment of any secret is masked too.
+        """
+        text = self(text)
+        if not complete:
+            text = self._mask_tail(text)
+        if len(text) <= limit:
+            return text
+        marker = text.find(REDACTED, max(0, limit - len(REDACTED) + 1))
+        if 0 <= marker < limit:
+            return text[: marker + len(REDACTED)]
+        return text[:limit]
+
+    def _mask_tail(self, text: str) -> str:
+        """``text`` with a trailing head of a secret (``_MIN_SECRET`` characters or more)
+        replaced by the marker; the longest head found wins."""
+        best = 0
+        for secret in self._secrets:
+            for size in range(min(len(secret) - 1, len(text)), max(best, _MIN_SECRET - 1), -1):
+                if text.endswith(secret[:size]):
+                    best = size
+                    break
+        return text[: len(text) - best] + REDACTED if best else text
 
 
 def secrets_of(config: ProviderConfig) -> list[str]:
-    """The key, values of extra headers whose names look like credentials, and a password in
-    the base URL (``http://user:pass@proxy/v1``)."""
+    """The key, the value of every configured header, and the credentials in the base URL
+    (``http://user:pass@proxy/v1``).
+
+    Every header value, not only those whose names look like credentials: a proxy or
+    gateway may take its token in a header of any name (``x-route``, ``helicone-target``),
+    and a header value wrongly treated as secret costs no more than a ``[redacted]`` in an
+    error message.
+    """
     out = [config.api_key] if config.api_key else []
     try:
-        password = urlsplit(config.base_url).password
+        parts = urlsplit(config.base_url)
+        out.extend(value for value in (parts.username, parts.password) if value)
     except ValueError:
-        password = None
-    if password:
-        out.append(password)
-    for name, value in config.headers.items():
-        if any(word in name.lower() for word in _SENSITIVE_HEADER_WORDS):
-            out.append(value)
-            # "Bearer abc": the bare token can appear in an echo too.
-            out.extend(part for part in value.split() if len(part) >= 8)
+        pass
+    for value in config.headers.values():
+        out.append(value)
+        # "Bearer abc": the bare token can appear in an echo too.
+        out.extend(part for part in value.split() if len(part) >= 8)
     return out
 
 
@@ -196,7 +242,9 @@ def error_from_response(
         payload = None
     etype, emsg = _error_fields(payload)
     if emsg is None and body and payload is None:
-        emsg = body[:300].decode("utf-8", "replace").strip()
+        # A body of exactly the read limit may have been cut off mid-secret (see clip).
+        text = body.decode("utf-8", "replace").strip()
+        emsg = redact.clip(text, ERROR_BODY_QUOTE, complete=len(body) < ERROR_BODY_LIMIT).rstrip()
     refined = classify_error_type(etype)
     if refined and (refined[0] == "overloaded" or (refined[0] == kind and not refined[1])):
         kind, retryable = refined
@@ -274,9 +322,11 @@ def decode_event_json(provider: str, data: str, redact: Redactor) -> dict[str, A
     try:
         value = msgspec.json.decode(data)
     except msgspec.DecodeError:
-        raise protocol_error(provider, f"invalid JSON in SSE data line: {data[:200]!r}", redact) from None
+        quoted = redact.clip(data, SSE_DATA_QUOTE)
+        raise protocol_error(provider, f"invalid JSON in SSE data line: {quoted!r}", redact) from None
     if not isinstance(value, dict):
-        raise protocol_error(provider, f"SSE data is not a JSON object: {data[:200]!r}", redact)
+        quoted = redact.clip(data, SSE_DATA_QUOTE)
+        raise protocol_error(provider, f"SSE data is not a JSON object: {quoted!r}", redact)
     return value
 
 
@@ -435,6 +485,9 @@ class HTTPProvider:
 
 
 async def _read_limited(response: httpx.Response) -> bytes:
+    """At most ``ERROR_BODY_LIMIT`` bytes of the body. One of exactly that size may have been
+    cut off, even inside an echoed secret: quote it only through ``Redactor.clip`` with
+    ``complete=False``."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():

@@ -190,11 +190,11 @@ class OwnerLock:
 class Store:
     """The database. ``write`` and ``read`` run units of work; everything else is plumbing."""
 
-    def __init__(self, path: Path | None, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: Path | None, *, busy_timeout_ms: int = 5000, on_open: Unit[Any] | None = None) -> None:
         self.path = path
         #: Runs once in a write transaction right after migrations, before any other unit:
         #: the service closes turns whose process died here, so no request sees them.
-        self.on_open: Unit[Any] | None = None
+        self.on_open = on_open
         self.busy_timeout_ms = busy_timeout_ms
         self.owner = OwnerLock(path)
         self._writer: Connection | None = None
@@ -338,6 +338,26 @@ class Store:
             if _is_store_failure(exc):
                 raise store_error(exc) from exc
             raise
+
+    def read_now(self, fn: Unit[T]) -> T:
+        """A small read, here and now, with no await: for the event bus, whose catch-up
+        read and registration must not be split by another task. Raises
+        ``anyio.WouldBlock`` when the store is not open or SQLite says busy or locked."""
+        if self._inline is None:
+            raise anyio.WouldBlock
+        try:
+            return drive(fn(self._inline))
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise anyio.WouldBlock from exc
+            raise
+
+    def data_version(self) -> int:
+        """SQLite's ``data_version``: it changes when another connection commits. Polling
+        it costs microseconds, which is how other daemons' events are noticed."""
+        if self._inline is None:
+            raise anyio.WouldBlock
+        return int(self._inline.raw.execute("PRAGMA data_version").fetchone()[0])
 
     async def _serve_writes(self) -> None:
         async with self._receive:

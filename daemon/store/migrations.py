@@ -1,4 +1,5 @@
-"""Forward-only schema migrations, recorded in ``schema_version``.
+"""Forward-only, named schema migrations: the version in ``schema_version``, each applied
+step by name in ``schema_migrations``.
 
 Each entry upgrades the schema by one version inside the caller's ``BEGIN IMMEDIATE``, so
 two daemons opening a fresh file at once cannot both migrate it. A database from a newer
@@ -7,13 +8,21 @@ Warren is refused rather than guessed at.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 from .. import errors
 
-MIGRATIONS: list[str] = [
-    # v1
-    """
+
+class Migration(NamedTuple):
+    """One schema step: its version is its place in ``MIGRATIONS``; its name is recorded."""
+
+    name: str
+    sql: str
+
+
+MIGRATIONS: list[Migration] = [
+    Migration("sessions_messages_turns_staging", """
     CREATE TABLE sessions (
         session_id TEXT PRIMARY KEY,
         created_at_ms INTEGER NOT NULL,
@@ -108,11 +117,36 @@ MIGRATIONS: list[str] = [
         created_at_ms INTEGER NOT NULL,
         PRIMARY KEY (session_id, tool_use_id)
     ) WITHOUT ROWID;
-    """,
-    # v2: per-session tool timeout (issue 4)
-    """
+    """),
+    Migration("tool_timeout", """
     ALTER TABLE sessions ADD COLUMN tool_timeout_ms INTEGER NOT NULL DEFAULT 120000;
-    """,
+    """),
+    Migration("events_and_idempotency_keys", """
+    CREATE TABLE events (
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        seq_last INTEGER NOT NULL,
+        turn_id TEXT,
+        type TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX events_by_turn ON events (turn_id, type) WHERE turn_id IS NOT NULL;
+    ALTER TABLE sessions ADD COLUMN events_trimmed_through INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE turns ADD COLUMN result TEXT;
+    ALTER TABLE turns ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE turns ADD COLUMN params_hash TEXT;
+    ALTER TABLE turns ADD COLUMN deltas_trimmed INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX turns_by_key ON turns (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE TABLE create_keys (
+        idempotency_key TEXT PRIMARY KEY,
+        params_hash TEXT NOT NULL,
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        turn_id TEXT,
+        created_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -132,10 +166,19 @@ async def migrate(db: Any) -> int:
                 reason="newer_schema",
                 retryable=False,
             )
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at_ms INTEGER NOT NULL)"
+        )
         for version in range(found, SCHEMA_VERSION):
-            for statement in MIGRATIONS[version].split(";"):
+            migration = MIGRATIONS[version]
+            for statement in migration.sql.split(";"):
                 if statement.strip():
                     await db.execute(statement)
+            await db.execute(
+                "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, ?)",
+                (version + 1, migration.name, int(time.time() * 1000)),
+            )
         if not rows:
             await db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif found != SCHEMA_VERSION:

@@ -206,3 +206,28 @@ async def add_usage(db: Any, session_id: str, usage: Usage) -> None:
             session_id,
         ),
     )
+
+
+class CreateKey(msgspec.Struct):
+    """What a ``session/create`` idempotency key made: its session, and its first turn
+    (None for a deferred create)."""
+
+    params_hash: str
+    session_id: str
+    turn_id: str | None
+    created_at_ms: int
+
+
+async def create_key(db: Any, key: str) -> CreateKey | None:
+    rows = await db.execute_fetchall(
+        "SELECT params_hash, session_id, turn_id, created_at_ms FROM create_keys WHERE idempotency_key = ?", (key,)
+    )
+    return CreateKey(*rows[0]) if rows else None
+
+
+async def remember_create_key(db: Any, key: str, made: CreateKey) -> None:
+    await db.execute(
+        "INSERT INTO create_keys (idempotency_key, params_hash, session_id, turn_id, created_at_ms)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (key, made.params_hash, made.session_id, made.turn_id, made.created_at_ms),
+    )

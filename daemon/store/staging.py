@@ -80,3 +80,19 @@ async def take_staged_system_context(db: Any, session_id: str) -> list[tuple[str
     if rows:
         await db.execute("DELETE FROM staged_system_context WHERE session_id = ?", (session_id,))
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def staged_system_context(db: Any, session_id: str) -> list[tuple[int, str, str | None, str | None]]:
+    """``(id, text, source, idempotency_key)`` of the context waiting for the next commit
+    point; the commit removes exactly these ids (``remove_staged_system_context``), so a
+    text staged meanwhile waits for the one after."""
+    rows = await db.execute_fetchall(
+        "SELECT id, text, source, idempotency_key FROM staged_system_context WHERE session_id = ? ORDER BY id",
+        (session_id,),
+    )
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+async def remove_staged_system_context(db: Any, ids: list[int]) -> None:
+    if ids:
+        await db.execute(f"DELETE FROM staged_system_context WHERE id IN ({', '.join('?' * len(ids))})", ids)

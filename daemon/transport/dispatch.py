@@ -2,7 +2,9 @@
 
 This replaces jsonrpcserver (see the issue note): importing it costs ~110 ms of start-up
 (it pulls in jsonschema to validate each request), and its catch-all sends exception text
-to the client. What remains for us to do is small and lives here.
+to the client. What remains for us to do is small and lives here. It is generic: a
+front-end gives the table (each method name beside its params type and handler) and the
+one function that maps its exceptions to its wire's error objects.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any, Awaitable, Callable
 import msgspec
 
 from protocol.errors import ErrorObject, error_object
-from protocol.methods import METHODS
 from protocol.validation import ParamsInvalid, validate
 
 from .. import errors
@@ -21,11 +22,8 @@ from ..logs import get_logger
 
 log = get_logger("warren.rpc")
 
-Handler = Callable[[Any, "RequestContext"], Awaitable[msgspec.Struct]]
-
-#: Reads that editors poll: logged at debug when they succeed, so that the info log says
-#: what changed rather than how often a plugin looked. Every failure is logged at info.
-QUIET_METHODS = frozenset({"initialize", "session/read", "session/list", "session/history", "providers/list"})
+Handler = Callable[[Any, "RequestContext"], Awaitable[Any]]
+ErrorMapper = Callable[[BaseException, "str | None"], ErrorObject]
 
 
 class RequestContext(msgspec.Struct):
@@ -33,22 +31,37 @@ class RequestContext(msgspec.Struct):
     method: str
     session_id: str | None = None
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: Run once the response line is written (``shutdown`` stops reading then).
+    after_response: Callable[[], None] | None = None
+
+
+class Outcome(msgspec.Struct):
+    result: Any = None
+    error: ErrorObject | None = None
+    after_response: Callable[[], None] | None = None
 
 
 class Dispatcher:
-    def __init__(self, handlers: dict[str, Handler]) -> None:
-        missing = set(METHODS) ^ set(handlers)
-        if missing:
-            raise RuntimeError(f"dispatch table and protocol.methods disagree on {sorted(missing)}")
-        self._table = {name: (METHODS[name].params, handler) for name, handler in handlers.items()}
+    def __init__(
+        self,
+        table: dict[str, tuple[type[msgspec.Struct], Handler]],
+        *,
+        to_wire: ErrorMapper = errors.to_wire,
+        quiet: frozenset[str] = frozenset(),
+    ) -> None:
+        """``quiet``: reads that editors poll, logged at debug when they succeed, so that
+        the info log says what changed rather than how often a plugin looked."""
+        self._table = table
+        self._to_wire = to_wire
+        self._quiet = quiet
 
     @property
     def methods(self) -> list[str]:
         return list(self._table)
 
-    async def call(self, request_id: Any, method: str, raw_params: Any) -> tuple[Any, ErrorObject | None]:
-        """Run one method; returns ``(result, None)`` or ``(None, error)``. Never raises
-        except for cancellation, which the caller turns into ``REQUEST_CANCELLED``."""
+    async def call(self, request_id: Any, method: str, raw_params: Any) -> Outcome:
+        """Run one method. Never raises except for cancellation, which the caller turns
+        into ``REQUEST_CANCELLED``."""
         started = time.perf_counter()
         ctx = RequestContext(request_id, method)
         outcome = "ok"
@@ -56,29 +69,29 @@ class Dispatcher:
             entry = self._table.get(method)
             if entry is None:
                 outcome = "METHOD_NOT_FOUND"
-                return None, error_object("METHOD_NOT_FOUND", f"Method not found: {method}", method=method)
+                return Outcome(error=error_object("METHOD_NOT_FOUND", f"Method not found: {method}", method=method))
             params_type, handler = entry
             try:
                 params = validate(raw_params, params_type)
             except ParamsInvalid as exc:
                 outcome = "INVALID_PARAMS"
-                return None, error_object("INVALID_PARAMS", f"Invalid params: {exc}", errors=exc.errors)
+                return Outcome(error=self._to_wire(errors.InvalidRequest(f"Invalid params: {exc}", exc.errors), None))
             ctx.session_id = getattr(params, "session_id", None)
             try:
-                return await handler(params, ctx), None
+                return Outcome(await handler(params, ctx), after_response=ctx.after_response)
             except errors.WarrenError as exc:
                 outcome = exc.code
-                return None, errors.to_wire(exc)
+                return Outcome(error=self._to_wire(exc, None))
             except Exception as exc:  # noqa: BLE001 - the client gets only an error_id
                 error_id = errors.new_error_id()
                 outcome = "INTERNAL_ERROR"
                 log.error("internal_error", error_id=error_id, id=request_id, method=method, exc_info=exc)
-                return None, errors.to_wire(exc, error_id)
+                return Outcome(error=self._to_wire(exc, error_id))
         except BaseException:
             outcome = "REQUEST_CANCELLED"
             raise
         finally:
-            quiet = outcome == "ok" and method in QUIET_METHODS
+            quiet = outcome == "ok" and method in self._quiet
             (log.debug if quiet else log.info)(
                 "request",
                 id=request_id,

@@ -16,7 +16,7 @@ import errno
 import os
 import stat
 import sys
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -107,21 +107,35 @@ async def _read_registered(fd: int) -> AsyncIterator[bytes]:
         loop.remove_reader(fd)
 
 
+class Mergeable(Protocol):
+    """A queued line that may absorb the next one while the client is not reading (a
+    front-end's text delta), encoded only when it is written."""
+
+    def merge(self, other: "Mergeable") -> bool:
+        """Absorb ``other`` (True), or refuse it (False: it is queued after)."""
+        ...
+
+    def encode(self) -> bytes: ...
+
+
 class Writer:
     """The only code that writes protocol lines. Producers ``send`` whole lines; one task
     writes them in order, batching whatever has queued up into one ``write``.
 
     ``send`` waits while ``max_pending`` lines are queued: a client that stops reading
-    slows producers down instead of growing memory. If the client is gone (EPIPE), the
-    lines are dropped and ``on_broken`` is called once so the daemon can shut down.
+    slows requests down instead of growing memory. Events never wait (a turn must not be
+    stalled by a reader): ``send_event`` queues at once, and while more than
+    ``coalesce_after`` lines wait, an event is merged into the one before it when that
+    one agrees (``Mergeable``), so memory grows with what was produced, not with the
+    number of lines. If the client is gone (EPIPE), lines are dropped and ``broken`` is set.
     """
 
-    def __init__(self, fd: int, *, max_pending: int = 4096, on_broken: Callable[[], None] | None = None) -> None:
+    def __init__(self, fd: int, *, max_pending: int = 4096, coalesce_after: int = 1024) -> None:
         self.fd = fd
         self.max_pending = max_pending
-        self.on_broken = on_broken
-        self.broken = False
-        self._queue: collections.deque[bytes] = collections.deque()
+        self.coalesce_after = coalesce_after
+        self.broken = anyio.Event()
+        self._queue: collections.deque[bytes | Mergeable] = collections.deque()
         self._closed = False
         self._wake: anyio.Event | None = None
         self._space: anyio.Event | None = None
@@ -137,7 +151,7 @@ class Writer:
     async def wait_space(self) -> None:
         """Return once a line can be queued. Does not yield while there is room, so a
         caller can allocate something (an event's ``seq``) and queue it atomically."""
-        while len(self._queue) >= self.max_pending and not self.broken:
+        while len(self._queue) >= self.max_pending and not self.broken.is_set():
             if self._space is None:
                 self._space = anyio.Event()
             await self._space.wait()
@@ -146,7 +160,7 @@ class Writer:
         """Queue a line. ``direct``: when the writer is idle (nothing queued, nothing being
         written), write it now, saving a trip through the event loop. Responses use it;
         events do not, because a burst of deltas is cheaper written in batches."""
-        if self.broken or self._closed:
+        if self.broken.is_set() or self._closed:
             return
         if direct and not self._queue and self._wake is not None:
             try:
@@ -162,6 +176,24 @@ class Writer:
                 return
             line = line[n:]
         self._queue.append(line)
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        """Lines waiting to be written."""
+        return len(self._queue)
+
+    def send_event(self, item: bytes | Mergeable) -> None:
+        """Queue an event line without ever waiting (see the class docstring)."""
+        if self.broken.is_set() or self._closed:
+            return
+        queue = self._queue
+        if len(queue) > self.coalesce_after and not isinstance(item, bytes):
+            last = queue[-1]
+            if not isinstance(last, bytes) and last.merge(item):
+                return
+        queue.append(item)
         if self._wake is not None:
             self._wake.set()
 
@@ -187,7 +219,7 @@ class Writer:
         try:
             while True:
                 if not self._queue:
-                    if self._closed or self.broken:
+                    if self._closed or self.broken.is_set():
                         return
                     self._wake = anyio.Event()
                     await self._wake.wait()
@@ -196,7 +228,8 @@ class Writer:
                 parts: list[bytes] = []
                 size = 0
                 while self._queue and size < WRITE_BATCH:
-                    part = self._queue.popleft()
+                    item = self._queue.popleft()
+                    part = item if isinstance(item, bytes) else item.encode()
                     parts.append(part)
                     size += len(part)
                 if self._space is not None:
@@ -208,7 +241,7 @@ class Writer:
 
     async def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
-        while view and not self.broken:
+        while view and not self.broken.is_set():
             try:
                 n = os.write(self.fd, view)
             except BlockingIOError:
@@ -224,9 +257,7 @@ class Writer:
             await anyio.lowlevel.checkpoint()
 
     def _mark_broken(self) -> None:
-        self.broken = True
+        self.broken.set()
         self._queue.clear()
         if self._space is not None:
             self._space.set()
-        if self.on_broken is not None:
-            self.on_broken()
