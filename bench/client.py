@@ -38,6 +38,9 @@ class _Event(msgspec.Struct):
 
 class _Params(msgspec.Struct):
     event: _Event | None = None
+    seq: int = 0
+    seq_first: int | None = None  # a slow client's merged deltas: seq_first..seq (PROTOCOL.md §8)
+    replay: bool = False
 
 
 class Incoming(msgspec.Struct):
@@ -54,6 +57,19 @@ class Incoming(msgspec.Struct):
         if self.params is not None and self.params.event is not None:
             return self.params.event.type
         return None
+
+    @property
+    def seq(self) -> int:
+        return 0 if self.params is None else self.params.seq
+
+    @property
+    def text_deltas(self) -> int:
+        """How many ``text_delta`` events this line carries: one, or a merged run's length."""
+        if self.event_type != "text_delta":
+            return 0
+        assert self.params is not None
+        first = self.params.seq_first
+        return 1 if first is None else self.params.seq - first + 1
 
 
 decode = msgspec.json.Decoder(Incoming).decode
@@ -229,21 +245,24 @@ class Daemon:
         self.close()
 
 
-def read_turn(daemon: "Daemon", id_: Any, deadline: float, on_read: Callable[[int], None]) -> Incoming:
-    """Read until the response to ``id_``; after each read, ``on_read(n)`` gets the number
-    of ``text_delta`` notifications it held, so a caller can time the stream as it comes."""
+def read_turn(daemon: "Daemon", id_: Any, deadline: float, on_read: Callable[[int, int], None]) -> Incoming:
+    """Read until the response to ``id_``; after each read, ``on_read(deltas, lines)`` gets
+    the number of ``text_delta`` events it held and of the lines that carried them (fewer
+    when the daemon merged a slow reader's deltas), so a caller can time the stream as it comes."""
     while True:
-        deltas = 0
+        deltas = lines = 0
         response = None
         for raw in daemon.read_lines(deadline):
             if not raw:
                 continue
             msg = decode(raw)
             if msg.method == "session/event":
-                deltas += msg.event_type == "text_delta"
+                n = msg.text_deltas
+                deltas += n
+                lines += n > 0
             elif msg.id == id_:
                 response = msg
-        on_read(deltas)
+        on_read(deltas, lines)
         if response is not None:
             return response
 

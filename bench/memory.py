@@ -21,7 +21,7 @@ from .results import Metric, Section
 WINDOW = 16
 
 
-def _mb(status_value: str) -> float:
+def status_mb(status_value: str) -> float:
     number, _, unit = status_value.partition(" ")
     if unit != "kB":
         raise BenchError(f"unexpected /proc status unit {unit!r}")
@@ -33,7 +33,7 @@ def run(section: Section, sessions: int = 1_000) -> None:
             Daemon("--db", str(Path(tmp) / "bench.db")) as daemon:
         daemon.initialize()
         daemon.call("session/list")  # the store opens in the background; count it as idle
-        idle = _mb(daemon.status()["VmHWM"])
+        idle = status_mb(daemon.status()["VmHWM"])
 
         def create(id_: int) -> bytes:
             return encode_request(id_, "session/create",
@@ -54,7 +54,7 @@ def run(section: Section, sessions: int = 1_000) -> None:
         pipelined(daemon, read, sessions, 64)
         status = daemon.status()
         elapsed = time.perf_counter() - start
-    peak, rss = _mb(status["VmHWM"]), _mb(status["VmRSS"])
+    peak, rss = status_mb(status["VmHWM"]), status_mb(status["VmRSS"])
     section.add(Metric(section.key, f"peak RSS (VmHWM) after {sessions:,} sessions", "MB", peak))
     section.add(Metric(section.key, "RSS (VmRSS) at that point", "MB", rss, detail=True))
     section.add(Metric(section.key, "idle peak RSS after initialize", "MB", idle, detail=True))

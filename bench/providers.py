@@ -116,7 +116,7 @@ def _turn(daemon: Daemon, server: Any, session_id: str, n: int) -> _Turn:
     offset = _wall_offset()
     start_wall = time.time()
     start = time.perf_counter()
-    def on_read(n: int) -> None:
+    def on_read(n: int, _lines: int) -> None:
         nonlocal deltas, first_batch, first_wall, last_wall
         if not n:
             return

@@ -119,6 +119,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f}"
     if unit == "CPU-s":
         return f"{value:.3f}"
+    if unit == "x":
+        return f"{value:.2f}"
     return f"{value:,.0f}"
 
 

@@ -70,7 +70,7 @@ def type_of(event: Event) -> str:
     return name
 
 
-class Numbered(msgspec.Struct):
+class Numbered(msgspec.Struct, gc=False):
     """An event with its number. ``event`` is the Event itself when this daemon produced
     it, or its JSON (``msgspec.Raw``) when it was read back from the store."""
 
@@ -109,8 +109,12 @@ class _Pending:
             if run is None or run.type != n.type or run.seq_last + 1 != n.seq or len(run.deltas) >= RUN_MAX:
                 run = self.open_run = _RunBuilder(n)
                 self.rows.append(run)
-            else:
-                run.add(n)
+            else:  # the hot path of every delta: kept inline
+                run.seq_last = n.seq
+                run.deltas.append(n.event.delta)
+                stamps = run.stamps
+                # most deltas share their millisecond: one int object for it, not one each
+                stamps.append(stamps[-1] if stamps[-1] == n.timestamp_ms else n.timestamp_ms)
         else:
             self.open_run = None
             self.rows.append(n)
@@ -143,11 +147,6 @@ class _RunBuilder:
         self.seq = self.seq_last = n.seq
         self.deltas: list[str] = [n.event.delta]
         self.stamps: list[int] = [n.timestamp_ms]
-
-    def add(self, n: Numbered) -> None:
-        self.seq_last = n.seq
-        self.deltas.append(n.event.delta)
-        self.stamps.append(n.timestamp_ms)
 
     def row(self) -> EventRow:
         return EventRow(self.session_id, self.seq, self.seq_last, self.turn_id, self.type, self.stamps[0],
@@ -213,6 +212,7 @@ class EventBus:
         self.poll_interval_s = poll_interval_s
         self._turns: dict[str, TurnLog] = {}  # session_id -> its turn running here
         self._feeds: dict[tuple[int, str], Feed] = {}
+        self._by_session: dict[str, list[Feed]] = {}  # the same feeds, found per event
         self._subscriptions: dict[str, Feed] = {}
         self._ids = itertools.count(1)
         self._watchers = 0  # waiters on other daemons' commits (idempotent retries)
@@ -246,9 +246,35 @@ class EventBus:
                 feed.turns -= 1
                 self._forget_if_idle(feed)
 
+    def emit_now(self, turn: TurnLog, event: Event, type_: str | None = None) -> bool:
+        """``emit``'s path for nearly every event, with no await (a delta pays for nothing
+        else): False when the reserved range is used up, and ``emit`` must grow it first.
+        ``type_``: the event's type, when the caller knows it."""
+        if turn.next >= turn.reserved:
+            return False
+        if turn.final is not None:
+            log.debug("event_after_final", session_id=turn.session_id, type=type_of(event))
+            return True
+        numbered = Numbered(turn.session_id, turn.turn_id, turn.next, now_ms(), type_ or type_of(event), event)
+        turn.next += 1
+        turn.pending.add(numbered)
+        if turn.staged:
+            turn.held.append(numbered)
+        else:
+            turn.sent = seq = numbered.seq
+            for feed in self._by_session.get(turn.session_id, ()):
+                if feed.turns and feed.floor == seq - 1:  # the connection running the turn
+                    feed.floor = seq
+                    feed.sink.deliver(numbered)
+                else:
+                    self._offer(feed, numbered)
+        return True
+
     async def emit(self, turn: TurnLog, event: Event) -> None:
         """Number an event, keep it for the store, and send it now (after any staged
         event numbered before it: the wire carries a session's events in seq order)."""
+        if self.emit_now(turn, event):
+            return
         numbered = await self._number(turn, event)
         if numbered is None:
             return
@@ -350,20 +376,18 @@ class EventBus:
             self._fan_out(numbered)
 
     def _fan_out(self, numbered: Numbered) -> None:
-        for feed in self._session_feeds(numbered.session_id):
+        for feed in self._by_session.get(numbered.session_id, ()):
             self._offer(feed, numbered)
 
-    def _session_feeds(self, session_id: str) -> list[Feed]:
-        return [f for (_, sid), f in self._feeds.items() if sid == session_id] if self._feeds else []
-
-    def _offer(self, feed: Feed, numbered: Numbered, *, replay: bool = False) -> None:
-        if numbered.seq <= feed.floor:
+    def _offer(self, feed: Feed, numbered: Numbered) -> None:
+        seq = numbered.seq
+        if seq <= feed.floor:
             return
-        if feed.subscriptions and numbered.seq > feed.floor + 1 and not replay:
-            self._fill(feed, numbered.seq)
-        feed.floor = numbered.seq
-        if feed.wants(numbered.type):
-            feed.sink.deliver(numbered, replay=replay)
+        if feed.subscriptions and seq > feed.floor + 1:
+            self._fill(feed, seq)
+        feed.floor = seq
+        if feed.turns or feed.wants(numbered.type):
+            feed.sink.deliver(numbered)
 
     def _fill(self, feed: Feed, before: int) -> None:
         """Deliver what the store holds between the feed's last seq and ``before`` (the
@@ -386,17 +410,22 @@ class EventBus:
         feed = self._feeds.get(key)
         if feed is None:
             feed = self._feeds[key] = Feed(sink, session_id, floor)
+            self._by_session.setdefault(session_id, []).append(feed)
         return feed
 
     def _forget_if_idle(self, feed: Feed) -> None:
         if not feed.turns and not feed.subscriptions:
-            self._feeds.pop((id(feed.sink), feed.session_id), None)
+            if self._feeds.pop((id(feed.sink), feed.session_id), None) is not None:
+                feeds = self._by_session[feed.session_id]
+                feeds.remove(feed)
+                if not feeds:
+                    del self._by_session[feed.session_id]
 
     # ------------------------------------------------------------------ reading and subscribing
 
     async def page(self, session_id: str, after_seq: int, limit: int, types: list[str] | None) -> SessionEventsResult:
         async def read(db: Any) -> tuple[list[EventRow], int, int]:
-            rows = await event_rows.after(db, session_id, after_seq, limit + 1, types)
+            rows = await event_rows.after(db, session_id, after_seq, limit + 2, types)
             return rows, await event_rows.head(db, session_id), await event_rows.trimmed_through(db, session_id)
 
         rows, head, trimmed = await self.store.read(read, small=limit <= 100)
@@ -490,14 +519,15 @@ class EventBus:
 
     # ------------------------------------------------------------------ other daemons
 
-    async def watch(self) -> None:
+    async def watch(self, timeout_s: float = 0.25) -> None:
         """Wait until another connection to the file may have committed something (for a
-        retry that follows a turn another daemon runs)."""
+        retry that follows a turn another daemon runs), or ``timeout_s``: the caller looks
+        again either way, so a change that landed just before the wait is not missed."""
         self._watchers += 1
         self._wake.set()
         try:
-            changed = self._changed
-            await changed.wait()
+            with anyio.move_on_after(timeout_s):
+                await self._changed.wait()
         finally:
             self._watchers -= 1
 

@@ -220,7 +220,8 @@ class Turn:
 
     async def emit(self, event: Event) -> None:
         """Send one event now (the bus numbers it and keeps it for the next commit)."""
-        await self.bus.emit(self.events, event)
+        if not self.bus.emit_now(self.events, event):
+            await self.bus.emit(self.events, event)
 
     # ------------------------------------------------------------------ budgets
 
@@ -380,6 +381,7 @@ class Turn:
         provider = self.provider
         assert provider is not None
         policy = provider.retry_policy
+        emit_now, events = self.bus.emit_now, self.events
         attempt = 0
         while True:
             output = self.current = CallOutput()
@@ -390,9 +392,13 @@ class Turn:
                         # Sent before kept: an interrupt can land in ``emit``, and what is
                         # committed must never hold text the client was not sent.
                         if isinstance(delta, base.TextDelta):
-                            await self.emit(TextDeltaEvent(delta.text))
+                            event: Event = TextDeltaEvent(delta.text)
+                            if not emit_now(events, event, "text_delta"):
+                                await self.emit(event)
                         elif isinstance(delta, base.ReasoningDelta):
-                            await self.emit(ReasoningDeltaEvent(delta.text))
+                            event = ReasoningDeltaEvent(delta.text)
+                            if not emit_now(events, event, "reasoning_delta"):
+                                await self.emit(event)
                         else:
                             output.feed(delta)
                             continue

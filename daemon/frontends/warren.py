@@ -15,6 +15,7 @@ import msgspec
 from protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
 from protocol import types as t
 from protocol.events import (
+    DELTA_TYPES,
     EVENT_TYPES,
     ReasoningDelta,
     SessionEventParams,
@@ -61,7 +62,28 @@ class _StoredNote(msgspec.Struct, kw_only=True):
 _encode = msgspec.json.Encoder().encode
 
 
+_prefixes: dict[tuple[str, str | None], bytes] = {}
+
+
+def _encode_live(numbered: Numbered) -> bytes:
+    """The line of an event sent as it happens: the same bytes the structs below encode
+    to, with the envelope's start cached per turn (this runs once per delta)."""
+    key = (numbered.session_id, numbered.turn_id)
+    prefix = _prefixes.get(key)
+    if prefix is None:
+        if len(_prefixes) > 64:
+            _prefixes.clear()
+        prefix = _prefixes[key] = (
+            b'{"jsonrpc":"2.0","method":"session/event","params":{"session_id":' + _encode(numbered.session_id)
+            + b',"turn_id":' + _encode(numbered.turn_id) + b',"seq":'
+        )
+    return b'%s%d,"timestamp_ms":%d,"event":%s}}\n' % (prefix, numbered.seq, numbered.timestamp_ms,
+                                                        _encode(numbered.event))
+
+
 def encode_event(numbered: Numbered, *, replay: bool = False, seq_first: int | None = None) -> bytes:
+    if not replay and seq_first is None and not isinstance(numbered.event, msgspec.Raw):
+        return _encode_live(numbered)
     if isinstance(numbered.event, msgspec.Raw):
         params = StoredEventParams(numbered.session_id, numbered.turn_id, numbered.seq, numbered.timestamp_ms,
                                    numbered.event, replay)
@@ -119,6 +141,7 @@ class WarrenFrontend:
         """``service`` builds the session service on first use: ``initialize`` and
         ``providers/list`` never need it, so answering them never waits for its imports."""
         self.peer = peer
+        self.writer = peer.writer
         self.providers = providers
         self.service = service
         self.max_line_bytes = max_line_bytes
@@ -129,12 +152,13 @@ class WarrenFrontend:
     # ------------------------------------------------------------------ the event sink
 
     def deliver(self, numbered: Numbered, *, replay: bool = False) -> None:
-        writer = self.peer.writer
-        if not replay and numbered.type in ("text_delta", "reasoning_delta") and writer.backlog > self.coalesce_after_lines \
-                and not isinstance(numbered.event, msgspec.Raw):
+        writer = self.writer
+        if replay or isinstance(numbered.event, msgspec.Raw):
+            writer.send_event(encode_event(numbered, replay=replay))
+        elif writer.backlog > self.coalesce_after_lines and numbered.type in DELTA_TYPES:
             writer.send_event(_DeltaLine(numbered))
         else:
-            writer.send_event(encode_event(numbered, replay=replay))
+            writer.send_event(_encode_live(numbered))
 
     # ------------------------------------------------------------------ the client channel
 
