@@ -72,11 +72,16 @@ class Daemon:
         )
         self.lines: list[bytes] = []
         self.notifications: list[dict[str, Any]] = []
+        self.notification_times: list[float] = []  # time.monotonic() of each notification's arrival
         self.client_requests: list[dict[str, Any]] = []
         self._responses: dict[Any, Any] = {}
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._eof = False
+        self._may_read = threading.Event()  # cleared by pause_reading(): the reader thread blocks
+        self._may_read.set()
+        self._parked = threading.Event()  # set while the reader thread is blocked by a pause
+        self._vanished = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -84,7 +89,16 @@ class Daemon:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
+        while True:
+            if not self._may_read.is_set():
+                self._parked.set()
+                self._may_read.wait()
+                self._parked.clear()
+            if self._vanished:
+                break
+            raw = self.proc.stdout.readline()
+            if not raw:
+                break
             with self._cond:
                 self.lines.append(raw)
                 try:
@@ -97,11 +111,40 @@ class Daemon:
                     self._responses.setdefault("batch", []).append(msg)
                 elif "method" in msg and "id" not in msg:
                     self.notifications.append(msg)
+                    self.notification_times.append(time.monotonic())
                 elif "method" in msg:
                     self.client_requests.append(msg)
                 else:
                     self._responses[msg.get("id")] = msg
                 self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def pause_reading(self) -> None:
+        """Stop reading stdout (after at most the line being read): the daemon's pipe fills up
+        and it sees a slow client. Waits on nothing; see ``wait_parked``."""
+        self._may_read.clear()
+
+    def resume_reading(self) -> None:
+        self._may_read.set()
+
+    def wait_parked(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until a paused reader thread really stopped (it finishes the line it was reading)."""
+        if not self._parked.wait(timeout):
+            raise DaemonError(f"reader thread still reading {timeout}s after pause_reading()")
+
+    def vanish(self) -> None:
+        """Act as a client that died: close both pipes without reading what is pending.
+        Only while reading is paused, so no thread is inside a read of stdout."""
+        assert not self._may_read.is_set(), "pause_reading() first"
+        self.wait_parked()
+        self._vanished = True
+        self.close_stdin()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self._may_read.set()
+        self._reader.join(5)
         with self._cond:
             self._eof = True
             self._cond.notify_all()
@@ -176,6 +219,15 @@ class Daemon:
                 if n.get("method") == "session/event"
                 and (session_id is None or n["params"]["session_id"] == session_id)
                 and (turn_id is None or n["params"]["turn_id"] == turn_id)
+            ]
+
+    def timed_events(self, session_id: str) -> list[tuple[float, dict[str, Any]]]:
+        """``(arrival time, params)`` of each ``session/event`` of the session, in arrival order."""
+        with self._cond:
+            return [
+                (t, n["params"])
+                for t, n in zip(self.notification_times, self.notifications)
+                if n.get("method") == "session/event" and n["params"]["session_id"] == session_id
             ]
 
     def event_types(self, session_id: str | None = None, turn_id: str | None = None) -> list[str]:
@@ -265,6 +317,7 @@ class Daemon:
         return out
 
     def stop(self) -> None:
+        self.resume_reading()  # a paused reader would keep the daemon from flushing and exiting
         if self.proc.poll() is None:
             self.close_stdin()
             try:
@@ -274,7 +327,7 @@ class Daemon:
                 self.proc.wait(10)
         if self._stderr_file is not subprocess.DEVNULL:
             self._stderr_file.close()
-        if self.proc.stdout is not None:
+        if self.proc.stdout is not None and not self._vanished:
             self._reader.join(5)
             self.proc.stdout.close()
 

@@ -480,7 +480,8 @@ class EventBus:
             sent = (n for n in turn.pending.events() if n.seq <= turn.sent)
             position = self._replay(sink, [], position, wanted, skip, extra=sent)
         live_from = turn.sent + 1 if turn is not None else head + 1
-        feed = self._feed(sink, session_id, live_from - 1 if position is None else max(position, live_from - 1))
+        # An after_seq past the end replays nothing and is clamped: live events start at the end.
+        feed = self._feed(sink, session_id, live_from - 1)
         if existing is not None:
             feed.floor = max(feed.floor, existing.floor)
         subscription_id = f"sub-{next(self._ids)}"
