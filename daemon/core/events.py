@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from time import time_ns
 from typing import Any, Callable, Iterable, Protocol
 
 import anyio
@@ -91,6 +92,10 @@ class Sink(Protocol):
     (a slow reader's deltas are merged in its queue instead)."""
 
     def deliver(self, event: Numbered, *, replay: bool = False) -> None: ...
+
+    def deliver_live(self, event: Numbered) -> None:
+        """``deliver`` for an event this daemon just produced (not replayed, not read back)."""
+        ...
 
 
 class _Pending:
@@ -255,17 +260,26 @@ class EventBus:
         if turn.final is not None:
             log.debug("event_after_final", session_id=turn.session_id, type=type_of(event))
             return True
-        numbered = Numbered(turn.session_id, turn.turn_id, turn.next, now_ms(), type_ or type_of(event), event)
-        turn.next += 1
-        turn.pending.add(numbered)
+        seq = turn.next
+        turn.next = seq + 1
+        numbered = Numbered(turn.session_id, turn.turn_id, seq, time_ns() // 1_000_000, type_ or type_of(event), event)
+        pending = turn.pending
+        run = pending.open_run
+        if run is not None and run.type == numbered.type and run.seq_last + 1 == seq and seq - run.seq < RUN_MAX:
+            run.seq_last = seq  # the hot path of every delta, inline (see ``_Pending.add``)
+            run.deltas.append(event.delta)  # type: ignore[attr-defined]
+            stamps = run.stamps
+            stamps.append(stamps[-1] if stamps[-1] == numbered.timestamp_ms else numbered.timestamp_ms)
+        else:
+            pending.add(numbered)
         if turn.staged:
             turn.held.append(numbered)
         else:
-            turn.sent = seq = numbered.seq
+            turn.sent = seq
             for feed in self._by_session.get(turn.session_id, ()):
                 if feed.turns and feed.floor == seq - 1:  # the connection running the turn
                     feed.floor = seq
-                    feed.sink.deliver(numbered)
+                    feed.sink.deliver_live(numbered)
                 else:
                     self._offer(feed, numbered)
         return True

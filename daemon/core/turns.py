@@ -109,6 +109,14 @@ class CallOutput:
             block = self.blocks[index] = _Block(kind)
         return block
 
+    def add_text(self, index: int, text: str) -> None:
+        """``feed`` for a text delta, the one that comes thousands of times a call."""
+        block = self.blocks.get(index)
+        if block is None:
+            block = self.blocks[index] = _Block("text")
+        block.parts.append(text)
+        self.streamed_chars += len(text)
+
     def feed(self, delta: base.Delta) -> None:
         if isinstance(delta, base.TextDelta):
             self._block(delta.index, "text").parts.append(delta.text)
@@ -395,14 +403,15 @@ class Turn:
                             event: Event = TextDeltaEvent(delta.text)
                             if not emit_now(events, event, "text_delta"):
                                 await self.emit(event)
+                            output.add_text(delta.index, delta.text)
                         elif isinstance(delta, base.ReasoningDelta):
                             event = ReasoningDeltaEvent(delta.text)
                             if not emit_now(events, event, "reasoning_delta"):
                                 await self.emit(event)
+                            output.feed(delta)
                         else:
                             output.feed(delta)
                             continue
-                        output.feed(delta)
                         # A provider parses a whole network read (up to ~270 deltas) without
                         # yielding; let the writer flush the first delta at once, then at
                         # most every millisecond, instead of after the whole read.

@@ -152,10 +152,14 @@ class WarrenFrontend:
     # ------------------------------------------------------------------ the event sink
 
     def deliver(self, numbered: Numbered, *, replay: bool = False) -> None:
-        writer = self.writer
         if replay or isinstance(numbered.event, msgspec.Raw):
-            writer.send_event(encode_event(numbered, replay=replay))
-        elif writer.backlog > self.coalesce_after_lines and numbered.type in DELTA_TYPES:
+            self.writer.send_event(encode_event(numbered, replay=replay))
+        else:
+            self.deliver_live(numbered)
+
+    def deliver_live(self, numbered: Numbered) -> None:
+        writer = self.writer
+        if writer.backlog > self.coalesce_after_lines and numbered.type in DELTA_TYPES:
             writer.send_event(_DeltaLine(numbered))
         else:
             writer.send_event(_encode_live(numbered))

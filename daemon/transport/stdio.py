@@ -135,6 +135,7 @@ class Writer:
         self.max_pending = max_pending
         self.coalesce_after = coalesce_after
         self.broken = anyio.Event()
+        self._broken = False  # the same, read on every line without a call
         self._queue: collections.deque[bytes | Mergeable] = collections.deque()
         self._closed = False
         self._wake: anyio.Event | None = None
@@ -151,7 +152,7 @@ class Writer:
     async def wait_space(self) -> None:
         """Return once a line can be queued. Does not yield while there is room, so a
         caller can allocate something (an event's ``seq``) and queue it atomically."""
-        while len(self._queue) >= self.max_pending and not self.broken.is_set():
+        while len(self._queue) >= self.max_pending and not self._broken:
             if self._space is None:
                 self._space = anyio.Event()
             await self._space.wait()
@@ -160,7 +161,7 @@ class Writer:
         """Queue a line. ``direct``: when the writer is idle (nothing queued, nothing being
         written), write it now, saving a trip through the event loop. Responses use it;
         events do not, because a burst of deltas is cheaper written in batches."""
-        if self.broken.is_set() or self._closed:
+        if self._broken or self._closed:
             return
         if direct and not self._queue and self._wake is not None:
             try:
@@ -186,10 +187,10 @@ class Writer:
 
     def send_event(self, item: bytes | Mergeable) -> None:
         """Queue an event line without ever waiting (see the class docstring)."""
-        if self.broken.is_set() or self._closed:
+        if self._broken or self._closed:
             return
         queue = self._queue
-        if len(queue) > self.coalesce_after and not isinstance(item, bytes):
+        if not isinstance(item, bytes) and len(queue) > self.coalesce_after:
             last = queue[-1]
             if not isinstance(last, bytes) and last.merge(item):
                 return
@@ -219,7 +220,7 @@ class Writer:
         try:
             while True:
                 if not self._queue:
-                    if self._closed or self.broken.is_set():
+                    if self._closed or self._broken:
                         return
                     self._wake = anyio.Event()
                     await self._wake.wait()
@@ -241,7 +242,7 @@ class Writer:
 
     async def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
-        while view and not self.broken.is_set():
+        while view and not self._broken:
             try:
                 n = os.write(self.fd, view)
             except BlockingIOError:
@@ -257,6 +258,7 @@ class Writer:
             await anyio.lowlevel.checkpoint()
 
     def _mark_broken(self) -> None:
+        self._broken = True
         self.broken.set()
         self._queue.clear()
         if self._space is not None:
