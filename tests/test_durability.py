@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_client import Daemon, hermetic_env, script
+from tests.fakes.llm_server import FakeLLMServer, anthropic_stream, anthropic_text, text_block
+from tests.test_providers_daemon import claude_section, write_config
 
 SLOW = script({"text": "z" * 300, "chunk_chars": 1, "delay_ms": 10})
 
@@ -223,6 +225,40 @@ def test_full_disk_gives_store_error_and_loses_nothing(spawn, tmp_path: Path) ->
         d.stop()
         d2 = spawn(db=mnt / "w.db")
         assert d2.call("session/history", {"session_id": sid, "limit": 1})["message_count"] == committed
+        d2.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+def test_full_disk_mid_turn_fails_the_turn_and_keeps_what_was_committed(
+    spawn, tmp_path: Path, server: FakeLLMServer
+) -> None:
+    """Storing a model call's message and events fills the disk: the turn answers with the
+    store error and ends with ``turn_failed``; everything committed before stays readable."""
+    mnt = tmp_path / "tiny"
+    if not _mount_tiny_tmpfs(mnt, "2m"):
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        config = write_config(tmp_path, claude_section(server))
+        d = spawn("--config", str(config), db=mnt / "w.db", env={"WARREN_TEST_CLAUDE_KEY": "sk-ant-test-full-0000"})
+        server.enqueue(anthropic_text("first"), anthropic_stream(text_block("y" * 3_000_000, chunk=4096)))
+        sid = d.call("session/create", {"initial_turn": "defer"})["session_id"]
+        d.call("turn/start", {"session_id": sid, "prompt": "small"})
+        before = d.call("session/events", {"session_id": sid})["events"]
+        err = d.error("turn/start", {"session_id": sid, "prompt": "big"})
+        assert err["code"] == -32006 and err["data"]["reason"] in ("full", "io")
+        got = d.events(sid)
+        assert got[-1]["event"]["type"] == "turn_failed"
+        assert [e["seq"] for e in got] == list(range(1, len(got) + 1))  # no seq repeated or skipped on the wire
+        # the daemon keeps serving; the first turn and its events are intact
+        history = d.call("session/history", {"session_id": sid})
+        assert [m["role"] for m in history["messages"][:3]] == ["user", "assistant", "user"]
+        assert history["messages"][1]["content"][0]["text"] == "first"
+        assert d.call("session/events", {"session_id": sid})["events"][: len(before)] == before
+        d.stop()
+        d2 = spawn(db=mnt / "w.db")
+        assert d2.call("session/events", {"session_id": sid})["events"][: len(before)] == before
         d2.stop()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
