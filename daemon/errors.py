@@ -200,6 +200,42 @@ class Conflict(SessionControlError):
         return {"session_id": self.session_id, "idempotency_key": self.idempotency_key}
 
 
+class RevisionConflict(SessionControlError):
+    """``expected_revision`` is not the head: somebody else edited the session first."""
+
+    code = "SESSION_REVISION_CONFLICT"
+
+    def __init__(self, session_id: str, current_revision: str) -> None:
+        super().__init__(
+            f"Session {session_id!r} is at revision {current_revision}, not the expected one: "
+            "read it again and redo the edit on the current head"
+        )
+        self.session_id = session_id
+        self.current_revision = current_revision
+
+    def data(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "current_revision": self.current_revision}
+
+
+class StaleBranch(SessionControlError):
+    """``requires_ancestor`` is not on the session's current transcript."""
+
+    code = "SESSION_STALE_BRANCH"
+
+    def __init__(self, session_id: str, current_revision: str, ancestor: str) -> None:
+        super().__init__(
+            f"Message {ancestor!r} is not in the current transcript of session {session_id!r}: "
+            "it was edited away (or never there); read the session again"
+        )
+        self.session_id = session_id
+        self.current_revision = current_revision
+        self.ancestor = ancestor
+
+    def data(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "current_revision": self.current_revision,
+                "requires_ancestor": self.ancestor}
+
+
 class IdempotencyConflict(SessionControlError):
     """A key (``idempotency_key``, ``operation_id``) reused with different params."""
 

@@ -95,6 +95,15 @@ class TurnFailed(Event, tag="turn_failed"):
     error: ErrorObject
 
 
+class TranscriptChanged(Event, tag="transcript_changed"):
+    """A fork (the new session's first event), rewrite, restore or append."""
+
+    kind: Literal["fork", "rewrite", "restore", "append"]
+    revision: str
+    message_count: int
+    parent_revision: str | None = None
+
+
 AnyEvent = Union[
     TurnStarted,
     TextDelta,
@@ -109,6 +118,7 @@ AnyEvent = Union[
     Retrying,
     TurnCompleted,
     TurnFailed,
+    TranscriptChanged,
 ]
 
 EVENT_TYPES: list[type[Event]] = list(AnyEvent.__args__)  # type: ignore[attr-defined]
@@ -122,7 +132,7 @@ def event_type_name(cls: type[Event]) -> str:
 EventTypeName = Literal[
     "turn_started", "text_delta", "reasoning_delta", "tool_call_requested", "tool_execution_started",
     "tool_execution_completed", "tool_execution_timed_out", "budget_warning", "system_context_applied",
-    "usage", "retrying", "turn_completed", "turn_failed",
+    "usage", "retrying", "turn_completed", "turn_failed", "transcript_changed",
 ]
 DELTA_TYPES = frozenset({"text_delta", "reasoning_delta"})
 Seq = Annotated[int, Meta(ge=0, le=MAX_SAFE_INT)]

@@ -35,6 +35,12 @@ METHODS: dict[str, MethodSpec] = {
     "session/events": MethodSpec(ev.SessionEventsParams, (ev.SessionEventsResult,)),
     "session/subscribe": MethodSpec(ev.SubscribeParams, (ev.SubscribeResult,)),
     "session/unsubscribe": MethodSpec(ev.UnsubscribeParams, (ev.UnsubscribeResult,)),
+    "session/fork": MethodSpec(t.ForkParams, (t.ForkResult,)),
+    "session/rewrite": MethodSpec(t.RewriteParams, (t.EditResult,)),
+    "session/revisions": MethodSpec(t.RevisionsParams, (t.RevisionsResult,)),
+    "session/revision": MethodSpec(t.RevisionParams, (t.RevisionPage,)),
+    "session/restore": MethodSpec(t.RestoreParams, (t.EditResult,)),
+    "session/append": MethodSpec(t.AppendParams, (t.AppendResult,)),
 }
 
 

@@ -84,12 +84,25 @@ Block = Union[TextBlock, ReasoningBlock, ToolUseBlock, ToolResultBlock]
 
 
 class Message(Struct, omit_defaults=True):
+    """``message_id`` never changes and is shared by every transcript holding the message
+    (a fork's prefix has its source's ids); ``index`` is its place in this transcript."""
+
     index: int
     role: Role
     content: list[Block]
     created_at_ms: int
+    message_id: str
     turn_id: str | None = None
     source: str | None = None  # for system-context messages
+    idempotency_key: str | None = None  # for system-context messages
+
+
+class MessageInput(Struct, forbid_unknown_fields=True):
+    """A message given by the client (rewrite, fork, append): shaped as history returns
+    messages; a string is one text block."""
+
+    role: Role
+    content: Union[str, list[Block]]
 
 
 class ToolDef(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -288,7 +301,20 @@ class SessionSummary(Struct):
     archived: bool = False
 
 
-class SessionInfo(Struct):
+class ForkPoint(Struct):
+    """Where a fork left its source: the message index and the source's head revision."""
+
+    message_index: int
+    revision: str
+
+
+class ForkedFrom(Struct):
+    session_id: str
+    message_index: int
+    revision: str
+
+
+class SessionInfo(Struct, omit_defaults=True):
     session_id: str
     created_at_ms: int
     updated_at_ms: int
@@ -298,6 +324,8 @@ class SessionInfo(Struct):
     provider: str
     last_assistant_text: str | None
     labels: dict[str, str]
+    revision: str
+    forked_from: ForkedFrom | None = None
 
 
 class Billing(Struct):
@@ -322,6 +350,113 @@ class SessionHistoryPage(Struct):
     limit: int
     has_more: bool
     messages: list[Message]
+    revision: str
+
+
+# ---------------------------------------------------------------- transcripts (section 9)
+
+
+class EditReason(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    kind: NonEmptyStr
+    note: str | None = None
+
+
+class ForkParams(Params):
+    session_id: str
+    message_index: NonNegativeInt | None = None
+    replacement: MessageInput | None = None
+    labels: dict[str, str] | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class ForkResult(Struct):
+    source_session_id: str
+    session_id: str
+    message_count: int
+    revision: str
+    forked_at: ForkPoint
+
+
+class RewriteParams(Params):
+    session_id: str
+    start: NonNegativeInt
+    end: NonNegativeInt
+    replacement: list[MessageInput]
+    reason: EditReason
+    actor: str | None = None
+    expected_revision: str | None = None
+
+
+class EditResult(Struct):
+    session_id: str
+    parent_revision: str
+    revision: str
+    message_count: int
+
+
+class RevisionsParams(Params):
+    session_id: str
+    offset: NonNegativeInt = 0
+    limit: PageLimit = 100
+
+
+class RevisionEntry(Struct, omit_defaults=True):
+    revision: str
+    parent_revision: str | None
+    kind: Literal["rewrite", "restore", "fork"]
+    committed_at_ms: int
+    message_count: int
+    reason: EditReason | None = None
+    actor: str | None = None
+
+
+class RevisionsResult(Struct):
+    session_id: str
+    head_revision: str
+    entries: list[RevisionEntry]
+    has_more: bool
+
+
+class RevisionParams(Params):
+    session_id: str
+    revision: NonEmptyStr
+    offset: NonNegativeInt = 0
+    limit: PageLimit = 100
+
+
+class RevisionPage(Struct):
+    """A history page of any retained revision, and the session's head revision."""
+
+    session_id: str
+    message_count: int
+    offset: int
+    limit: int
+    has_more: bool
+    messages: list[Message]
+    revision: str
+    head_revision: str
+
+
+class RestoreParams(Params):
+    session_id: str
+    revision: NonEmptyStr
+    reason: EditReason
+    actor: str | None = None
+    expected_revision: str | None = None
+
+
+class AppendParams(Params):
+    session_id: str
+    messages: Annotated[list[MessageInput], Meta(min_length=1)]
+    operation_id: IdempotencyKey
+    requires_ancestor: str | None = None
+
+
+class AppendResult(Struct):
+    status: Literal["appended", "duplicate"]
+    message_ids: list[str]
+    revision: str
+    message_count: int
 
 
 class ArchiveResult(Struct):

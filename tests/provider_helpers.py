@@ -11,7 +11,7 @@ from protocol.types import Message, TextBlock
 
 
 def msg(index: int, role: str, *blocks: Any) -> Message:
-    return Message(index=index, role=role, content=list(blocks), created_at_ms=1_700_000_000_000 + index)  # type: ignore[arg-type]
+    return Message(index=index, role=role, content=list(blocks), created_at_ms=1_700_000_000_000 + index, message_id=f"m{index}")  # type: ignore[arg-type]
 
 
 def request(default_model: str, *messages: Message, **kw: Any) -> ModelRequest:

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.live, pytest.mark.anyio]
 
 
 def tiny_request(model: str) -> ModelRequest:
-    prompt = Message(index=0, role="user", content=[TextBlock("Reply with the single word: pong")], created_at_ms=0)
+    prompt = Message(index=0, role="user", content=[TextBlock("Reply with the single word: pong")], created_at_ms=0, message_id="m0")
     return ModelRequest(model=model, system="Be terse.", messages=[prompt], tools=[], max_tokens=16)
 
 

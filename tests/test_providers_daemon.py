@@ -660,8 +660,8 @@ def test_interrupt_commits_exactly_the_streamed_text(spawn: Spawn, server: FakeL
     mismatches = []
     for trial in range(10):
         server.enqueue(SSEResponse(head + bursts + tail))
+        known = {e["session_id"] for e in d.events()}  # before the request: its first event is new
         create_id = d.request("session/create", {"prompt": f"burst {trial}"})
-        known = {e["session_id"] for e in d.events()}
         first = d.wait_for(lambda: next((e for e in d.events() if e["session_id"] not in known
                                          and e["event"]["type"] == "text_delta"), None), what="first delta")
         sid = first["session_id"]

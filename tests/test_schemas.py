@@ -196,6 +196,22 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     sub = c.call("session/subscribe", {"session_id": sid, "after_seq": 0})
     assert any(json.loads(line).get("params", {}).get("replay") for line in c.d.lines if b'"replay"' in line)
     assert c.call("session/unsubscribe", {"subscription_id": sub["subscription_id"]})["unsubscribed"] is True
+    # transcript surgery: fork, rewrite, the log and its revisions, restore, guarded append
+    fork = c.call("session/fork", {"session_id": sid, "message_index": 2, "labels": {"suite": "schemas"}})
+    fsid = fork["session_id"]
+    c.call("session/subscribe", {"session_id": fsid, "after_seq": 0})  # its transcript_changed events
+    edit = c.call("session/rewrite", {"session_id": fsid, "start": 1, "end": 2, "replacement": [
+        {"role": "assistant", "content": "rewritten"}], "reason": {"kind": "edit", "note": "schema"}, "actor": "test"})
+    c.call("session/revisions", {"session_id": fsid})
+    c.call("session/revision", {"session_id": fsid, "revision": edit["parent_revision"], "limit": 5})
+    c.call("session/restore", {"session_id": fsid, "revision": edit["parent_revision"], "reason": {"kind": "undo"}})
+    appended = {"session_id": fsid, "operation_id": "op-1", "messages": [{"role": "user", "content": "more"}]}
+    c.call("session/append", appended)
+    c.call("session/append", appended)
+    c.call("session/read", {"session_id": fsid})
+    c.error("session/rewrite", {"session_id": fsid, "start": 0, "end": 0, "replacement": [], "reason": {"kind": "x"},
+                                "expected_revision": "sha256:" + "0" * 64})
+
     # an idempotency key: the retry gets the first outcome; other params are a conflict
     keyed = {"prompt": "once", "provider": "scripted", "idempotency_key": "schema-key"}
     assert c.call("session/create", keyed) == c.call("session/create", keyed)
@@ -229,7 +245,7 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     seen = c.check_lines() | t.check_lines()
     expected = {"turn_started", "text_delta", "reasoning_delta", "tool_call_requested", "usage", "turn_completed",
                 "system_context_applied", "retrying", "turn_failed", "tool_execution_started",
-                "tool_execution_completed", "budget_warning"}
+                "tool_execution_completed", "budget_warning", "transcript_changed"}
     assert expected <= seen, f"these events were never emitted, so never checked: {sorted(expected - seen)}"
     assert c.errors_checked >= 6
     missing = set(METHODS) - c.called - t.called

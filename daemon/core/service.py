@@ -59,6 +59,7 @@ from .. import errors
 from ..store import sessions, staging, transcripts, turns as turn_rows
 from ..clock import new_id, now_ms
 from ..store import events as event_rows
+from .edits import TranscriptEditor
 from .events import EventBus, Numbered, Sink
 from ..providers import ProviderRegistry
 from ..store import Store
@@ -108,6 +109,7 @@ class SessionService:
         self.turns: dict[str, Turn] = {}  # session_id -> the turn this process runs
         self._claimed: set[str] = set()  # turn ids this process has claimed, running or about to
         self.accepting = accepting
+        self.edits = TranscriptEditor(store, bus, self._not_while_running)
 
     # ------------------------------------------------------------------ start-up
 
@@ -153,9 +155,8 @@ class SessionService:
             pending = {c.tool_use_id for c in await staging.pending_tool_calls(db, session_id)}
             if calls and not pending:
                 results = [ToolResultBlock(c.id, "Tool call interrupted: the daemon stopped", True) for c in calls]
-                await transcripts.append_messages(db, session_id, [Message(count, "tool", list(results), now, turn_id)])
+                await transcripts.append(db, session_id, [Message(count, "tool", list(results), now, new_id(), turn_id)])
                 count += 1
-                await sessions.update_session(db, session_id, message_count=count)
         result = RunResult(session_id, turn_id, text, "interrupted", [], Usage.zero(), count, [])
         await turn_rows.end_turn(db, turn_id, status="interrupted", stop_reason="interrupted", usage=None,
                                  now_ms=now, result=result)
@@ -353,17 +354,17 @@ class SessionService:
                         },
                     )
                 blocks = [ToolResultBlock(c.tool_use_id, *staged[c.tool_use_id]) for c in pending]
-                new.append(Message(index, "tool", list(blocks), now, turn_id))
+                new.append(Message(index, "tool", list(blocks), now, new_id(), turn_id))
                 await staging.clear_tool_state(db, session_id)
             applied = await staging.take_staged_system_context(db, session_id)
-            for text, source, _key in applied:
-                new.append(Message(index + len(new), "system", [TextBlock(text)], now, turn_id, source))
+            for text, source, key in applied:
+                new.append(Message(index + len(new), "system", [TextBlock(text)], now, new_id(), turn_id, source, key))
             text = "\n\n".join(t for t in (row.staged_prompt, prompt) if t)
             if text:
-                new.append(Message(index + len(new), "user", [TextBlock(text)], now, turn_id))
+                new.append(Message(index + len(new), "user", [TextBlock(text)], now, new_id(), turn_id))
             if not any(m.role in ("user", "tool") for m in new):
                 raise errors.InvalidRequest.at("$.prompt", "must not be empty")
-            await transcripts.append_messages(db, session_id, new)
+            await transcripts.append(db, session_id, new)
             await turn_rows.insert_turn(
                 db, turn_id, session_id, self.store.owner.owner_id, now,
                 *(turn_key if turn_key is not None else (None, None)),
@@ -371,7 +372,6 @@ class SessionService:
             self._claimed.add(turn_id)
             seqs = await self.bus.reserve(db, session_id)
             fields: dict[str, Any] = {
-                "message_count": index + len(new),
                 "updated_at_ms": now,
                 "staged_prompt": None,
             }
@@ -470,6 +470,8 @@ class SessionService:
             provider=row.provider,
             last_assistant_text=row.last_assistant_text,
             labels=row.labels,
+            revision=transcripts.Path.decode(row.pieces).revision,
+            forked_from=row.forked_from,
         )
         return SessionView(info, Billing(row.usage.total_tokens, row.usage))
 
@@ -487,14 +489,15 @@ class SessionService:
         page = await self.store.read(lambda db: transcripts.history_page(db, p.session_id, p.offset, p.limit))
         if page is None:
             raise errors.NotFound(p.session_id)
-        count, messages = page
+        path, messages = page
         return SessionHistoryPage(
             session_id=p.session_id,
-            message_count=count,
+            message_count=path.count,
             offset=p.offset,
             limit=p.limit,
-            has_more=p.offset + len(messages) < count,
+            has_more=p.offset + len(messages) < path.count,
             messages=messages,
+            revision=path.revision,
         )
 
     # ------------------------------------------------------------------ writes
@@ -539,9 +542,10 @@ class SessionService:
             if self._running(row.running_turn_id, row.running_owner):
                 await staging.stage_system_context(db, p.session_id, p.text, p.source, p.idempotency_key, now)
                 return "staged"
-            message = Message(row.message_count, "system", [TextBlock(p.text)], now, None, p.source)
-            await transcripts.append_messages(db, p.session_id, [message])
-            await sessions.update_session(db, p.session_id, message_count=row.message_count + 1, updated_at_ms=now)
+            message = Message(row.message_count, "system", [TextBlock(p.text)], now, new_id(), None, p.source,
+                              p.idempotency_key)
+            await transcripts.append(db, p.session_id, [message])
+            await sessions.update_session(db, p.session_id, updated_at_ms=now)
             applied.extend(await self.bus.append(db, p.session_id, [SystemContextApplied(p.source, p.idempotency_key)]))
             return "applied"
 

@@ -52,7 +52,7 @@ from protocol.types import (
 
 from .. import errors
 from ..store import sessions, staging, transcripts, turns as turn_rows
-from ..clock import now_ms
+from ..clock import new_id, now_ms
 from ..store import events as event_rows
 from .events import EventBus, Numbered, TurnLog
 from ..providers import ProviderRegistry, base
@@ -438,10 +438,10 @@ class Turn:
         content = output.content(partial=partial)
         if not content:
             return None
-        return Message(self.message_count, "assistant", content, now_ms(), self.turn_id)
+        return Message(self.message_count, "assistant", content, now_ms(), new_id(), self.turn_id)
 
     def _tool_message(self, results: list[ToolResultBlock], index: int) -> Message:
-        return Message(index, "tool", list(results), now_ms(), self.turn_id)
+        return Message(index, "tool", list(results), now_ms(), new_id(), self.turn_id)
 
     async def _commit(
         self,
@@ -467,8 +467,8 @@ class Turn:
         staged_context = await self.store.read(lambda db: staging.staged_system_context(db, sid))
         now = now_ms()
         messages = new + [
-            Message(count + len(new) + i, "system", [TextBlock(text)], now, turn_id, source)
-            for i, (_id, text, source, _key) in enumerate(staged_context)
+            Message(count + len(new) + i, "system", [TextBlock(text)], now, new_id(), turn_id, source, key)
+            for i, (_id, text, source, key) in enumerate(staged_context)
         ]
         staged: list[Numbered | None] = []
         for event in events:
@@ -485,13 +485,12 @@ class Turn:
 
         async def unit(db: Any) -> None:
             await staging.remove_staged_system_context(db, [c[0] for c in staged_context])
-            await transcripts.append_messages(db, sid, messages)
+            await transcripts.append(db, sid, messages)
             await sessions.add_usage(db, sid, usage)
             if pending:
                 await staging.set_pending_tool_calls(db, sid, pending)
             await event_rows.insert(db, rows)
             fields: dict[str, Any] = {
-                "message_count": count + len(messages),
                 "updated_at_ms": now,
                 "provider_state": provider_state,
             }
@@ -574,16 +573,15 @@ class Turn:
         new = []
         if self.step is not None:
             new.append(self._tool_message(self.step.ordered("Tool call abandoned: the turn failed"), self.message_count))
-        sid, turn_id, count, provider_state = self.session_id, self.turn_id, self.message_count, self.setup.provider_state
+        sid, turn_id, provider_state = self.session_id, self.turn_id, self.setup.provider_state
         event = await self.bus.stage(self.events, TurnFailed(wire), final=True)
         rows = self.bus.take(self.events)
         next_seq = self.events.next
 
         async def unit(db: Any) -> None:
             now = now_ms()
-            await transcripts.append_messages(db, sid, new)
-            await sessions.update_session(db, sid, message_count=count + len(new), updated_at_ms=now,
-                                          provider_state=provider_state)
+            await transcripts.append(db, sid, new)
+            await sessions.update_session(db, sid, updated_at_ms=now, provider_state=provider_state)
             await event_rows.insert(db, rows)
             await event_rows.set_next_seq(db, sid, next_seq)
             await turn_rows.end_turn(db, turn_id, status="failed", stop_reason=None, usage=self.usage,

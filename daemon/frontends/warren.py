@@ -44,6 +44,7 @@ EVENT_METHOD = "session/event"
 #: Reads that editors poll: logged at debug when they succeed.
 QUIET_METHODS = frozenset({
     "initialize", "session/read", "session/list", "session/history", "providers/list", "session/events",
+    "session/revisions", "session/revision",
 })
 
 
@@ -259,6 +260,24 @@ class WarrenFrontend:
         async def unsubscribe(p: UnsubscribeParams, ctx: RequestContext) -> Any:
             return service().unsubscribe(p)
 
+        async def fork(p: t.ForkParams, ctx: RequestContext) -> t.ForkResult:
+            return await service().edits.fork(p)
+
+        async def rewrite(p: t.RewriteParams, ctx: RequestContext) -> t.EditResult:
+            return await service().edits.rewrite(p)
+
+        async def revisions(p: t.RevisionsParams, ctx: RequestContext) -> t.RevisionsResult:
+            return await service().edits.revisions(p)
+
+        async def revision(p: t.RevisionParams, ctx: RequestContext) -> t.RevisionPage:
+            return await service().edits.revision(p)
+
+        async def restore(p: t.RestoreParams, ctx: RequestContext) -> t.EditResult:
+            return await service().edits.restore(p)
+
+        async def append_messages(p: t.AppendParams, ctx: RequestContext) -> t.AppendResult:
+            return await service().edits.append(p)
+
         handlers: dict[str, Handler] = {
             "initialize": initialize,
             "shutdown": shutdown,
@@ -276,6 +295,12 @@ class WarrenFrontend:
             "session/events": events,
             "session/subscribe": subscribe,
             "session/unsubscribe": unsubscribe,
+            "session/fork": fork,
+            "session/rewrite": rewrite,
+            "session/revisions": revisions,
+            "session/revision": revision,
+            "session/restore": restore,
+            "session/append": append_messages,
         }
         missing = set(METHODS) ^ set(handlers)
         if missing:

@@ -525,7 +525,7 @@ def with_missing_tool_results(messages: list[Message]) -> list[Message]:
             if isinstance(block, ToolUseBlock) and block.id not in answered
         ]
         if missing:
-            out.append(Message(message.index, "tool", list(missing), message.created_at_ms, message.turn_id))
+            out.append(Message(message.index, "tool", list(missing), message.created_at_ms, "", message.turn_id))
     return out
 
 

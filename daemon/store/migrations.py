@@ -9,16 +9,50 @@ Warren is refused rather than guessed at.
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple
 
 from .. import errors
 
 
 class Migration(NamedTuple):
-    """One schema step: its version is its place in ``MIGRATIONS``; its name is recorded."""
+    """One schema step: its version is its place in ``MIGRATIONS``; its name is recorded.
+    ``run`` moves data after the SQL, in the same transaction."""
 
     name: str
     sql: str
+    run: Callable[[Any], Awaitable[None]] | None = None
+
+
+async def _messages_into_segments(db: Any) -> None:
+    """Each session's messages become one segment it owns, with ids and hash values; a
+    system message whose text a system-context key remembers gets that key."""
+    from protocol.types import Message
+
+    from ..clock import new_id
+    from . import transcripts
+    from .codec import BLOCKS
+
+    keys: dict[tuple[str, str], list[str]] = {}
+    for session_id, key, text in await db.execute_fetchall(
+        "SELECT session_id, idempotency_key, text FROM system_context_keys"
+    ):
+        keys.setdefault((session_id, text), []).append(key)
+    for (session_id,) in await db.execute_fetchall("SELECT session_id FROM sessions ORDER BY session_id"):
+        rows = await db.execute_fetchall(
+            "SELECT role, content, created_at_ms, turn_id, source FROM messages_v3 WHERE session_id = ? ORDER BY idx",
+            (session_id,),
+        )
+        messages = []
+        for i, (role, content, created, turn_id, source) in enumerate(rows):
+            blocks = BLOCKS.decode(content)
+            key = None
+            if role == "system":
+                waiting = keys.get((session_id, "".join(getattr(b, "text", "") for b in blocks)))
+                key = waiting.pop(0) if waiting else None
+            messages.append(Message(i, role, blocks, created, new_id(), turn_id, source, key))
+        if messages:
+            path = transcripts.joined([await transcripts.new_segment(db, session_id, messages)])
+            await transcripts.set_head(db, session_id, path)
 
 
 MIGRATIONS: list[Migration] = [
@@ -147,6 +181,65 @@ MIGRATIONS: list[Migration] = [
         created_at_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """),
+    Migration("transcripts_as_shared_segments", """
+    ALTER TABLE messages RENAME TO messages_v3;
+    CREATE TABLE segments (
+        segment_id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        length INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        segment_id INTEGER NOT NULL,
+        pos INTEGER NOT NULL,
+        message_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        turn_id TEXT,
+        source TEXT,
+        idempotency_key TEXT,
+        prefix BLOB NOT NULL,
+        PRIMARY KEY (segment_id, pos)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX messages_by_id ON messages (message_id);
+    CREATE INDEX messages_keyed ON messages (segment_id) WHERE idempotency_key IS NOT NULL;
+    ALTER TABLE sessions ADD COLUMN pieces TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE sessions ADD COLUMN forked_from TEXT;
+    CREATE TABLE revision_log (
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        entry INTEGER NOT NULL,
+        revision TEXT NOT NULL,
+        parent_revision TEXT,
+        kind TEXT NOT NULL,
+        reason TEXT,
+        actor TEXT,
+        committed_at_ms INTEGER NOT NULL,
+        message_count INTEGER NOT NULL,
+        PRIMARY KEY (session_id, entry)
+    ) WITHOUT ROWID;
+    CREATE TABLE retained_revisions (
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        revision TEXT NOT NULL,
+        pieces TEXT NOT NULL,
+        PRIMARY KEY (session_id, revision)
+    ) WITHOUT ROWID;
+    CREATE TABLE append_ops (
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        operation_id TEXT NOT NULL,
+        params_hash TEXT NOT NULL,
+        result TEXT NOT NULL,
+        PRIMARY KEY (session_id, operation_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE fork_keys (
+        idempotency_key TEXT PRIMARY KEY,
+        params_hash TEXT NOT NULL,
+        session_id TEXT NOT NULL REFERENCES sessions ON DELETE CASCADE,
+        result TEXT NOT NULL
+    ) WITHOUT ROWID
+    """, _messages_into_segments),
+    Migration("drop_v3_messages", """
+    DROP TABLE messages_v3
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -175,6 +268,8 @@ async def migrate(db: Any) -> int:
             for statement in migration.sql.split(";"):
                 if statement.strip():
                     await db.execute(statement)
+            if migration.run is not None:
+                await migration.run(db)
             await db.execute(
                 "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, ?)",
                 (version + 1, migration.name, int(time.time() * 1000)),

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.types import DEFAULT_TOOL_TIMEOUT_MS, Budget, SessionSummary, ToolDef, Usage
+from protocol.types import DEFAULT_TOOL_TIMEOUT_MS, Budget, ForkedFrom, SessionSummary, ToolDef, Usage
 
 from .codec import ANY, LABELS, TOOLS, dumps
 
@@ -38,6 +38,8 @@ class SessionRow(msgspec.Struct):
     running_turn_id: str | None
     running_owner: str | None
     tool_timeout_ms: int = DEFAULT_TOOL_TIMEOUT_MS
+    pieces: str = "[]"  # the head transcript (``transcripts.Path``)
+    forked_from: ForkedFrom | None = None
 
 
 _SESSION_COLUMNS = """
@@ -45,7 +47,7 @@ _SESSION_COLUMNS = """
     s.max_tokens, s.labels, s.archived, s.message_count, s.input_tokens, s.output_tokens,
     s.cache_read_tokens, s.cache_write_tokens, s.last_assistant_text, s.budget,
     s.provider_params, s.provider_state, s.staged_prompt, s.tools, s.next_seq,
-    t.turn_id, t.owner, s.tool_timeout_ms
+    t.turn_id, t.owner, s.tool_timeout_ms, s.pieces, s.forked_from
 """
 _SESSION_FROM = "sessions s LEFT JOIN turns t ON t.session_id = s.session_id AND t.status = 'running'"
 
@@ -77,6 +79,8 @@ def _session(row: Any) -> SessionRow:
         running_turn_id=row[21],
         running_owner=row[22],
         tool_timeout_ms=row[23],
+        pieces=row[24],
+        forked_from=msgspec.json.decode(row[25], type=ForkedFrom) if row[25] else None,
     )
 
 
@@ -91,8 +95,8 @@ async def insert_session(db: Any, row: SessionRow) -> None:
     await db.execute(
         """INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, provider, model,
                system_prompt, max_tokens, labels, budget, provider_params, provider_state,
-               staged_prompt, tools, next_seq, tool_timeout_ms)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               staged_prompt, tools, next_seq, tool_timeout_ms, pieces, forked_from)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             row.session_id,
             row.created_at_ms,
@@ -109,6 +113,8 @@ async def insert_session(db: Any, row: SessionRow) -> None:
             dumps(row.tools),
             row.next_seq,
             row.tool_timeout_ms,
+            row.pieces,
+            dumps(row.forked_from) if row.forked_from else None,
         ),
     )
     if row.labels:
@@ -230,4 +236,19 @@ async def remember_create_key(db: Any, key: str, made: CreateKey) -> None:
         "INSERT INTO create_keys (idempotency_key, params_hash, session_id, turn_id, created_at_ms)"
         " VALUES (?, ?, ?, ?, ?)",
         (key, made.params_hash, made.session_id, made.turn_id, made.created_at_ms),
+    )
+
+
+async def fork_key(db: Any, key: str) -> tuple[str, str, str] | None:
+    """``(params_hash, session_id, result JSON)`` of the fork an idempotency key made."""
+    rows = await db.execute_fetchall(
+        "SELECT params_hash, session_id, result FROM fork_keys WHERE idempotency_key = ?", (key,)
+    )
+    return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+
+async def remember_fork_key(db: Any, key: str, params_hash: str, session_id: str, result: str) -> None:
+    await db.execute(
+        "INSERT INTO fork_keys (idempotency_key, params_hash, session_id, result) VALUES (?, ?, ?, ?)",
+        (key, params_hash, session_id, result),
     )

@@ -96,3 +96,33 @@ async def staged_system_context(db: Any, session_id: str) -> list[tuple[int, str
 async def remove_staged_system_context(db: Any, ids: list[int]) -> None:
     if ids:
         await db.execute(f"DELETE FROM staged_system_context WHERE id IN ({', '.join('?' * len(ids))})", ids)
+
+
+async def keep_context_keys(db: Any, session_id: str, held: list[tuple[str, str]]) -> None:
+    """After an edit: a key stays taken while a message with it is in the transcript
+    (``held``: its keys and texts) or while its text waits staged; any other is freed."""
+    await db.execute(
+        "DELETE FROM system_context_keys WHERE session_id = ? AND idempotency_key NOT IN"
+        " (SELECT idempotency_key FROM staged_system_context WHERE session_id = ? AND idempotency_key IS NOT NULL)",
+        (session_id, session_id),
+    )
+    await db.executemany(
+        "INSERT OR IGNORE INTO system_context_keys (session_id, idempotency_key, text) VALUES (?, ?, ?)",
+        [(session_id, key, text) for key, text in held],
+    )
+
+
+async def append_op(db: Any, session_id: str, operation_id: str) -> tuple[str, str] | None:
+    """``(params_hash, result JSON)`` of an earlier ``session/append`` with this id."""
+    rows = await db.execute_fetchall(
+        "SELECT params_hash, result FROM append_ops WHERE session_id = ? AND operation_id = ?",
+        (session_id, operation_id),
+    )
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+async def remember_append_op(db: Any, session_id: str, operation_id: str, params_hash: str, result: str) -> None:
+    await db.execute(
+        "INSERT INTO append_ops (session_id, operation_id, params_hash, result) VALUES (?, ?, ?, ?)",
+        (session_id, operation_id, params_hash, result),
+    )
