@@ -1,6 +1,6 @@
 """``python -m bench [--json PATH] [--only KEY ...] [--profile DIR]``
 
-Runs the eleven measurements of the benchmark in order, printing each table as it completes.
+Runs the twelve measurements of the benchmark in order, printing each table as it completes.
 A section that cannot be measured (the daemon crashed or answered wrongly) is reported
 and the others still run; only then is the exit status non-zero. Slow numbers never fail.
 """
@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import coldstart, events, memory, paging, providers, report, throughput, tools
+from . import coldstart, events, memory, paging, providers, report, throughput, tools, transcripts
 from .client import Daemon
 from .results import Section
 
@@ -36,6 +36,9 @@ SECTIONS: dict[str, str] = {
                     "one --db file (targets median < 20 ms, p99 < 100 ms)",
     "paused_rss": "A client that reads nothing during a 200,000-delta turn: daemon peak RSS, turn duration, "
                   "lines finally read",
+    "transcripts": "Transcript edits and pages on a 100,000-message vs. a 10-message session: fork, rewrite, "
+                   "append, restore, history of a fork and of a rewritten session "
+                   "(targets: 100k < 5 ms and <= 2x the 10-message figure)",
 }
 
 
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "coldstart": coldstart.run, "roundtrip": throughput.run_round_trips, "deltas": throughput.run_deltas,
         "memory": memory.run, "providers": providers.run, "tools": tools.run,
         "replay": events.run_replay, "cross_daemon": events.run_cross_daemon, "paused_rss": events.run_paused,
+        "transcripts": transcripts.run,
     }
     for key in SECTIONS:
         if key == "history" and ("history" in wanted or "list" in wanted):

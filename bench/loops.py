@@ -14,9 +14,9 @@ flatter the number.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
-from .client import BenchError, Daemon, decode
+from .client import BenchError, Daemon, decode, encode_request
 
 MakeRequest = Callable[[int], bytes]
 
@@ -40,6 +40,22 @@ def sequential(daemon: Daemon, make_request: MakeRequest, count: int, timeout: f
         if msg.error is not None or not msg.result:
             raise BenchError(f"request failed: {msg.error}")
     return out
+
+
+def checked_latencies(
+    daemon: Daemon, method: str, params: Callable[[], Any], check: Callable[[Any], None], count: int, warmup: int,
+) -> list[float]:
+    """``sequential`` latencies of ``count`` requests of ``method`` after ``warmup`` unmeasured
+    ones; ``params()`` gives each request's params (called before its clock starts). The first
+    response, before the warm-up, is decoded and passed to ``check``, so that a fast wrong
+    answer cannot pass."""
+    check(daemon.call(method, params()))
+
+    def make(id_: int) -> bytes:
+        return encode_request(id_, method, params())
+
+    sequential(daemon, make, warmup)
+    return sequential(daemon, make, count)
 
 
 def pipelined(

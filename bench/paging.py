@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .client import BenchError, Daemon, encode_request
-from .loops import sequential
+from .client import BenchError, Daemon
+from .loops import checked_latencies
 from .populate import Populated, build, labels_for
 from .results import Section, Target, latency_metric
 
@@ -28,22 +28,18 @@ def _measure(
     section: Section, daemon: Daemon, name: str, method: str, params: dict[str, Any],
     check: Callable[[Any], None], count: int,
 ) -> None:
-    check(daemon.call(method, params))
-
-    def make(id_: int) -> bytes:
-        return encode_request(id_, method, params)
-
-    sequential(daemon, make, WARMUP)
-    section.add(latency_metric(section.key, name, sequential(daemon, make, count), TARGET_MS))
+    samples = checked_latencies(daemon, method, lambda: params, check, count, WARMUP)
+    section.add(latency_metric(section.key, name, samples, TARGET_MS))
 
 
-def _history_check(db: Populated, offset: int) -> Callable[[Any], None]:
+def history_check(count: int, offset: int, limit: int = 100) -> Callable[[Any], None]:
+    """Checks a ``session/history`` page at ``offset`` of a ``count``-message transcript."""
     def check(page: Any) -> None:
-        expected = min(100, db.big_messages - offset)
+        expected = max(0, min(limit, count - offset))
         got = [m["index"] for m in page["messages"]]
-        if got != list(range(offset, offset + expected)) or page["message_count"] != db.big_messages:
+        if got != list(range(offset, offset + expected)) or page["message_count"] != count:
             raise BenchError(f"history page at {offset}: wrong messages ({len(got)} from {got[:1]})")
-        if page["has_more"] != (offset + expected < db.big_messages):
+        if page["has_more"] != (offset + expected < count):
             raise BenchError(f"history page at {offset}: wrong has_more")
 
     return check
@@ -87,7 +83,8 @@ def _history(section: Section, daemon: Daemon, db: Populated, count: int) -> Non
     for label, offset in (("first page", 0), ("middle page (offset 50,000)", 50_000),
                           (f"last page (offset {last:,})", last)):
         params = {"session_id": db.big_session_id, "offset": offset, "limit": 100}
-        _measure(section, daemon, f"history {label}", "session/history", params, _history_check(db, offset), count)
+        _measure(section, daemon, f"history {label}", "session/history", params,
+                 history_check(db.big_messages, offset), count)
 
 
 def _listing(section: Section, daemon: Daemon, db: Populated, count: int) -> None:

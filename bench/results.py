@@ -33,12 +33,14 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Target:
-    op: Literal["<", ">", ">="]
+    op: Literal["<", "<=", ">", ">="]
     limit: float
 
     def met(self, value: float) -> bool:
         if self.op == ">=":
             return value >= self.limit
+        if self.op == "<=":
+            return value <= self.limit
         return value < self.limit if self.op == "<" else value > self.limit
 
     def __str__(self) -> str:

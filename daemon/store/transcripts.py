@@ -211,7 +211,9 @@ async def keyed(db: Any, path: Path) -> list[tuple[str, str]]:
     if not segments:
         return []
     rows = await db.execute_fetchall(
-        f"SELECT segment_id, pos, idempotency_key, content FROM messages"
+        # INDEXED BY: without statistics SQLite would scan the segments' every message by
+        # primary key (15 ms on a 100,000-message segment) instead of the few keyed ones.
+        f"SELECT segment_id, pos, idempotency_key, content FROM messages INDEXED BY messages_keyed"
         f" WHERE segment_id IN ({', '.join('?' * len(segments))}) AND idempotency_key IS NOT NULL",
         segments,
     )
