@@ -166,7 +166,8 @@ class SessionService:
 
     # ------------------------------------------------------------------ turns
 
-    async def create(self, p: SessionCreateParams) -> RunResult | DeferredCreateResult:
+    async def create(self, p: SessionCreateParams, *, cwd: str | None = None) -> RunResult | DeferredCreateResult:
+        """``cwd``: the working directory an ACP editor gives (Warren's own protocol has none)."""
         defer = p.initial_turn == "defer"
         if not defer and p.prompt is None:
             raise errors.InvalidRequest.at("$.prompt", 'required unless initial_turn is "defer"')
@@ -196,6 +197,7 @@ class SessionService:
             running_turn_id=None,
             running_owner=None,
             tool_timeout_ms=p.tool_timeout_ms or DEFAULT_TOOL_TIMEOUT_MS,
+            cwd=cwd,
         )
         key = None
         if p.idempotency_key is not None:
@@ -578,6 +580,47 @@ class SessionService:
             return len(p.results)
 
         return StageToolResultsResult(await self.store.write(unit))
+
+    # ------------------------------------------------------------------ what an ACP editor keeps
+
+    async def set_model(self, session_id: str, model: str) -> None:
+        """The model of the session's next turns."""
+        async def unit(db: Any) -> None:
+            await _live_row(db, session_id)
+            await sessions.update_session(db, session_id, model=model)
+
+        await self.store.write(unit)
+
+    async def name(self, session_id: str, title: str) -> bool:
+        """Give the session a title unless it has one; returns whether it was given."""
+        async def unit(db: Any) -> bool:
+            row = await _live_row(db, session_id)
+            if row.title:
+                return False
+            await sessions.update_session(db, session_id, title=title)
+            return True
+
+        named: bool = await self.store.write(unit)
+        return named
+
+    async def session_row(self, session_id: str, *, archived: bool = False) -> sessions.SessionRow:
+        """A session's row (``archived``: an archived one too)."""
+        row = await self.store.read(lambda db: sessions.get_session(db, session_id))
+        if row is None or (row.archived and not archived):
+            raise errors.NotFound(session_id)
+        return row
+
+    async def list_titled(self, cwd: str | None, offset: int, limit: int) -> tuple[list[sessions.Titled], bool]:
+        result: tuple[list[sessions.Titled], bool] = await self.store.read(
+            lambda db: sessions.list_titled(db, cwd=cwd, offset=offset, limit=limit)
+        )
+        return result
+
+    async def transcript(self, session_id: str) -> list[Message]:
+        messages: list[Message] = await self.store.read(
+            lambda db: transcripts.all_messages(db, session_id), small=False
+        )
+        return messages
 
     # ------------------------------------------------------------------ events
 

@@ -240,6 +240,11 @@ MIGRATIONS: list[Migration] = [
     Migration("drop_v3_messages", """
     DROP TABLE messages_v3
     """),
+    Migration("session_cwd_and_title", """
+    ALTER TABLE sessions ADD COLUMN cwd TEXT;
+    ALTER TABLE sessions ADD COLUMN title TEXT;
+    CREATE INDEX sessions_by_cwd ON sessions (cwd, updated_at_ms DESC, session_id DESC) WHERE archived = 0
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -40,6 +40,8 @@ class SessionRow(msgspec.Struct):
     tool_timeout_ms: int = DEFAULT_TOOL_TIMEOUT_MS
     pieces: str = "[]"  # the head transcript (``transcripts.Path``)
     forked_from: ForkedFrom | None = None
+    cwd: str | None = None  # the working directory an ACP editor gave
+    title: str | None = None  # from the first ACP prompt
 
 
 _SESSION_COLUMNS = """
@@ -47,7 +49,7 @@ _SESSION_COLUMNS = """
     s.max_tokens, s.labels, s.archived, s.message_count, s.input_tokens, s.output_tokens,
     s.cache_read_tokens, s.cache_write_tokens, s.last_assistant_text, s.budget,
     s.provider_params, s.provider_state, s.staged_prompt, s.tools, s.next_seq,
-    t.turn_id, t.owner, s.tool_timeout_ms, s.pieces, s.forked_from
+    t.turn_id, t.owner, s.tool_timeout_ms, s.pieces, s.forked_from, s.cwd, s.title
 """
 _SESSION_FROM = "sessions s LEFT JOIN turns t ON t.session_id = s.session_id AND t.status = 'running'"
 
@@ -81,6 +83,8 @@ def _session(row: Any) -> SessionRow:
         tool_timeout_ms=row[23],
         pieces=row[24],
         forked_from=msgspec.json.decode(row[25], type=ForkedFrom) if row[25] else None,
+        cwd=row[26],
+        title=row[27],
     )
 
 
@@ -95,8 +99,8 @@ async def insert_session(db: Any, row: SessionRow) -> None:
     await db.execute(
         """INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, provider, model,
                system_prompt, max_tokens, labels, budget, provider_params, provider_state,
-               staged_prompt, tools, next_seq, tool_timeout_ms, pieces, forked_from)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               staged_prompt, tools, next_seq, tool_timeout_ms, pieces, forked_from, cwd, title)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             row.session_id,
             row.created_at_ms,
@@ -115,6 +119,8 @@ async def insert_session(db: Any, row: SessionRow) -> None:
             row.tool_timeout_ms,
             row.pieces,
             dumps(row.forked_from) if row.forked_from else None,
+            row.cwd,
+            row.title,
         ),
     )
     if row.labels:
@@ -252,3 +258,24 @@ async def remember_fork_key(db: Any, key: str, params_hash: str, session_id: str
         "INSERT INTO fork_keys (idempotency_key, params_hash, session_id, result) VALUES (?, ?, ?, ?)",
         (key, params_hash, session_id, result),
     )
+
+
+class Titled(msgspec.Struct):
+    """A session as an ACP editor lists it."""
+
+    session_id: str
+    cwd: str | None
+    title: str | None
+    updated_at_ms: int
+
+
+async def list_titled(db: Any, *, cwd: str | None, offset: int, limit: int) -> tuple[list[Titled], bool]:
+    """Live sessions newest first, only those in ``cwd`` when it is given; one extra row
+    tells whether there are more."""
+    where, args = ("archived = 0 AND cwd = ?", [cwd]) if cwd is not None else ("archived = 0", [])
+    rows = await db.execute_fetchall(
+        f"SELECT session_id, cwd, title, updated_at_ms FROM sessions WHERE {where}"
+        " ORDER BY updated_at_ms DESC, session_id DESC LIMIT ? OFFSET ?",
+        (*args, limit + 1, offset),
+    )
+    return [Titled(*r) for r in rows[:limit]], len(rows) > limit
