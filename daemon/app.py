@@ -26,6 +26,7 @@ from .logs import get_logger
 
 if TYPE_CHECKING:
     from .core.service import SessionService
+    from .frontends.acp import AcpFrontend
 
 log = get_logger("warren.app")
 
@@ -38,6 +39,7 @@ class Options(msgspec.Struct):
     shutdown_grace_s: float = 5.0
     keep_delta_turns: int | None = None
     coalesce_after_lines: int = DEFAULT_COALESCE_AFTER_LINES
+    frontend: str = "serve"  # "serve": Warren's protocol; "acp": the Agent Client Protocol
 
 
 async def serve(options: Options, in_fd: int, out_fd: int) -> None:
@@ -80,10 +82,20 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         for level, event, fields in startup_logs:
             getattr(log, level)(event, **fields)
 
-    peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=CANCEL_METHOD,
-                shutdown_grace_s=options.shutdown_grace_s, on_first_line=lambda: root.start_soon(warm_up))
-    frontend = WarrenFrontend(peer, registry, service, max_line_bytes=options.max_line_bytes,
-                              coalesce_after_lines=options.coalesce_after_lines)
+    frontend: WarrenFrontend | AcpFrontend
+    if options.frontend == "acp":
+        from protocol.acp import METHOD_CANCEL_REQUEST
+
+        from .frontends.acp import AcpFrontend
+
+        peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=METHOD_CANCEL_REQUEST,
+                    cancel_field="requestId", shutdown_grace_s=options.shutdown_grace_s, on_first_line=lambda: root.start_soon(warm_up))
+        frontend = AcpFrontend(peer, registry, service)
+    else:
+        peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=CANCEL_METHOD,
+                    shutdown_grace_s=options.shutdown_grace_s, on_first_line=lambda: root.start_soon(warm_up))
+        frontend = WarrenFrontend(peer, registry, service, max_line_bytes=options.max_line_bytes,
+                                  coalesce_after_lines=options.coalesce_after_lines)
 
     async with anyio.create_task_group() as root:
         root.start_soon(writer.run)

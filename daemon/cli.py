@@ -16,6 +16,11 @@ from typing import Any, Callable, NamedTuple
 from protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The front-ends, each over the same store and session service.
+COMMANDS = {
+    "serve": "serve Warren's protocol: JSON-RPC 2.0 on stdin/stdout (one message per line)",
+    "acp": "serve the Agent Client Protocol (v1) on stdin/stdout, for ACP editors",
+}
 
 
 class Option(NamedTuple):
@@ -47,11 +52,12 @@ def _dest(flag: str) -> str:
 
 
 def _quick_parse(argv: list[str]) -> dict[str, Any] | None:
-    """Parse ``serve [--flag value | --flag=value | --switch]...``; None when unsure."""
-    if not argv or argv[0] != "serve":
+    """Parse ``serve|acp [--flag value | --flag=value | --switch]...``; None when unsure."""
+    if not argv or argv[0] not in COMMANDS:
         return None
     options = {o.flag: o for o in _options()}
     values = {_dest(o.flag): o.default for o in options.values()}
+    values["command"] = argv[0]
     rest = argv[1:]
     while rest:
         flag, _, inline = rest.pop(0).partition("=")
@@ -82,19 +88,18 @@ def _argparse(argv: list[str]) -> dict[str, Any]:
 
     parser = argparse.ArgumentParser(prog="warren", description="Warren: LLM agent sessions over JSON-RPC on stdio")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve JSON-RPC 2.0 on stdin/stdout (one message per line)")
-    where = serve.add_mutually_exclusive_group()
-    for option in _options():
-        target = where if option.flag in ("--db", "--ephemeral") else serve
-        if option.convert is None:
-            target.add_argument(option.flag, action="store_true", help=option.help)
-        elif option.flag == "--log-level":
-            target.add_argument(option.flag, default=option.default, choices=LOG_LEVELS, help=option.help)
-        else:
-            target.add_argument(option.flag, type=option.convert, default=option.default, help=option.help)
-    values = vars(parser.parse_args(argv))
-    values.pop("command", None)
-    return values
+    for command, help_text in COMMANDS.items():
+        serve = sub.add_parser(command, help=help_text)
+        where = serve.add_mutually_exclusive_group()
+        for option in _options():
+            target = where if option.flag in ("--db", "--ephemeral") else serve
+            if option.convert is None:
+                target.add_argument(option.flag, action="store_true", help=option.help)
+            elif option.flag == "--log-level":
+                target.add_argument(option.flag, default=option.default, choices=LOG_LEVELS, help=option.help)
+            else:
+                target.add_argument(option.flag, type=option.convert, default=option.default, help=option.help)
+    return vars(parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = Options(db=db, max_line_bytes=args["max_line_bytes"], config=args["config"],
                       busy_timeout_ms=args["busy_timeout_ms"], shutdown_grace_s=args["shutdown_grace_s"],
-                      keep_delta_turns=args["keep_delta_turns"], coalesce_after_lines=args["coalesce_after_lines"])
+                      keep_delta_turns=args["keep_delta_turns"], coalesce_after_lines=args["coalesce_after_lines"],
+                      frontend=args["command"])
     import gc
 
     # Everything imported so far lives for the whole process: keep the collector from

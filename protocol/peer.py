@@ -50,9 +50,10 @@ class PeerState(Generic[Token, Waiter]):
         if request_id is not None and self._inflight.get(request_id) is token:
             del self._inflight[request_id]
 
-    def cancel_target(self, params: Any) -> Token | None:
-        """The in-flight request a cancel notification's ``{id}`` names, if any."""
-        request_id = params.get("id") if isinstance(params, dict) else None
+    def cancel_target(self, params: Any, field: str = "id") -> Token | None:
+        """The in-flight request a cancel notification names (``{id}`` in Warren's protocol,
+        ``{requestId}`` in ACP's and MCP's), if any."""
+        request_id = params.get(field) if isinstance(params, dict) else None
         return self._inflight.get(request_id) if is_request_id(request_id) else None
 
     def busy_besides(self, request_id: Any) -> bool:

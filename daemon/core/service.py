@@ -237,7 +237,11 @@ class SessionService:
             return DeferredCreateResult(made.session_id, made.created_at_ms)
         return await self._follow(made.session_id, made.turn_id)
 
-    async def start_turn(self, p: TurnStartParams) -> RunResult:
+    async def start_turn(
+        self, p: TurnStartParams, *, on_claim: Callable[[anyio.CancelScope], None] | None = None
+    ) -> RunResult:
+        """``on_claim`` gets the turn's cancel scope the moment the turn exists (before it
+        runs): a front-end that must stop exactly this turn (ACP's ``session/cancel``)."""
         key = None
         if p.idempotency_key is not None:
             key = (p.idempotency_key, params_hash(p))
@@ -254,6 +258,7 @@ class SessionService:
                 provider_params=p.provider_params,
                 overlay=p.turn_tool_overlay,
                 turn_key=key,
+                on_claim=on_claim,
             )
         except _KeyTaken:
             assert key is not None
@@ -317,6 +322,7 @@ class SessionService:
         overlay: ToolOverlay | None = None,
         create_key: tuple[str, str] | None = None,
         turn_key: tuple[str, str] | None = None,
+        on_claim: Callable[[anyio.CancelScope], None] | None = None,
     ) -> RunResult:
         turn_id = new_id()
 
@@ -417,6 +423,8 @@ class SessionService:
         if not self.accepting:
             # read before the input ended, claimed after: committed, then interrupted like the rest
             turn.scope.cancel()
+        if on_claim is not None:
+            on_claim(turn.scope)
         log.info("turn_started", session_id=session_id, turn_id=turn_id, provider=row.provider)
         try:
             result = await turn.run()

@@ -59,12 +59,14 @@ class Peer:
         *,
         max_line_bytes: int,
         cancel_method: str,
+        cancel_field: str = "id",
         shutdown_grace_s: float = 5.0,
         on_first_line: Callable[[], None] | None = None,
     ) -> None:
         self.writer = writer
         self.max_line_bytes = max_line_bytes
-        self.cancel_method = cancel_method
+        self.cancel_method = cancel_method  # the cancel notification, both ways: its name
+        self.cancel_field = cancel_field  # and the params field that holds the request id
         self.shutdown_grace_s = shutdown_grace_s
         self._on_first_line = on_first_line  # starts work deferred past start-up
         self.state: PeerState[anyio.CancelScope, _Outbound] = PeerState()
@@ -93,7 +95,7 @@ class Peer:
             self.state.close_outbound(id_)
             if not answered and not self.client_gone:
                 with anyio.CancelScope(shield=True):
-                    await self.writer.send(jsonrpc.encode_notification(self.cancel_method, {"id": id_}))
+                    await self.writer.send(jsonrpc.encode_notification(self.cancel_method, {self.cancel_field: id_}))
         if waiter.gone:
             raise PeerGone()
         if waiter.error is not None:
@@ -201,7 +203,7 @@ class Peer:
             return jsonrpc.encode_error(message.id, message.error)
         if isinstance(message, jsonrpc.Notification):
             if message.method == self.cancel_method:
-                scope = self.state.cancel_target(message.params)
+                scope = self.state.cancel_target(message.params, self.cancel_field)
                 log.info("cancel_request", found=scope is not None)
                 if scope is not None:
                     scope.cancel()
