@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
+from protocol.types import McpServerInput
+
 ProviderType = Literal["openai", "anthropic"]
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -36,6 +38,7 @@ OPENAI_FALLBACK_MODEL = "gpt-4o-mini"
 SCRIPTED = "scripted"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MCP_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
@@ -119,6 +122,8 @@ class Config:
     file_loaded: bool = False
     #: Things worth logging at start-up (e.g. a key in a file others can read).
     warnings: tuple[str, ...] = ()
+    #: ``[mcp_servers.NAME]``: servers whose tools every session offers.
+    mcp_servers: tuple[McpServerInput, ...] = ()
 
     def provider(self, name: str) -> ProviderConfig:
         try:
@@ -152,10 +157,19 @@ class _DefaultsFile(Struct, forbid_unknown_fields=True):
     model: Annotated[str, Meta(min_length=1)] | None = None
 
 
+class _McpServerFile(Struct, forbid_unknown_fields=True):
+    command: Annotated[str, Meta(min_length=1)] | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    url: Annotated[str, Meta(min_length=1)] | None = None
+    headers: dict[str, str] = {}
+
+
 class _ConfigFile(Struct, forbid_unknown_fields=True):
     defaults: _DefaultsFile = msgspec.field(default_factory=_DefaultsFile)
     # Validated one by one in ``_validate`` so that errors name the provider.
     providers: dict[str, dict[str, Any]] = {}
+    mcp_servers: dict[str, _McpServerFile] = {}
 
 
 # ---------------------------------------------------------------- loading
@@ -200,7 +214,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file_path}: invalid TOML: {exc}") from None
 
-    defaults, provider_files = _validate(raw or {}, file_path)
+    defaults, provider_files, mcp_files = _validate(raw or {}, file_path)
     providers: dict[str, ProviderConfig] = {}
     for name, pf in provider_files.items():
         providers[name] = _provider_from_file(name, pf, env, file_path)
@@ -231,10 +245,16 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         path=file_path,
         file_loaded=raw is not None,
         warnings=tuple(warnings),
+        mcp_servers=tuple(
+            McpServerInput(name, f.command, list(f.args), dict(f.env), f.url, dict(f.headers))
+            for name, f in sorted(mcp_files.items())
+        ),
     )
 
 
-def _validate(raw: dict[str, Any], file_path: Path) -> tuple[_DefaultsFile, dict[str, _ProviderFile]]:
+def _validate(
+    raw: dict[str, Any], file_path: Path
+) -> tuple[_DefaultsFile, dict[str, _ProviderFile], dict[str, _McpServerFile]]:
     # tomllib already produced typed values; strict conversion keeps "10" from passing as 10.
     try:
         top = msgspec.convert(raw, _ConfigFile, strict=True)
@@ -253,7 +273,13 @@ def _validate(raw: dict[str, Any], file_path: Path) -> tuple[_DefaultsFile, dict
             providers[name] = msgspec.convert(table, _ProviderFile, strict=True)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{file_path}: {_field_path_message(str(exc), where)}") from None
-    return top.defaults, providers
+    for name, server in top.mcp_servers.items():
+        where = f"mcp_servers.{name}"
+        if not _MCP_NAME_RE.match(name):
+            raise ConfigError(f"{file_path}: {where}: server names are letters, digits, '_', '-' (at most 64)")
+        if (server.command is None) == (server.url is None):
+            raise ConfigError(f"{file_path}: {where}: give either command (stdio) or url (streamable HTTP)")
+    return top.defaults, providers, top.mcp_servers
 
 
 def _field_path_message(msg: str, prefix: str) -> str:

@@ -36,14 +36,18 @@ class ReasoningDelta(Event, tag="reasoning_delta"):
 
 
 class ToolCallRequested(Event, tag="tool_call_requested"):
+    """``source``: where the tool runs, ``"client"`` or ``"mcp:NAME"`` (on every tool event)."""
+
     tool_use_id: str
     name: str
     arguments: dict[str, Any]
+    source: str
 
 
 class ToolExecutionStarted(Event, tag="tool_execution_started"):
     tool_use_id: str
     name: str
+    source: str
 
 
 class ToolExecutionCompleted(Event, tag="tool_execution_completed"):
@@ -52,12 +56,14 @@ class ToolExecutionCompleted(Event, tag="tool_execution_completed"):
     content: str
     is_error: bool
     duration_ms: int
+    source: str
 
 
 class ToolExecutionTimedOut(Event, tag="tool_execution_timed_out"):
     tool_use_id: str
     name: str
     timeout_ms: int
+    source: str
 
 
 class BudgetWarning(Event, tag="budget_warning"):

@@ -41,6 +41,7 @@ METHODS: dict[str, MethodSpec] = {
     "session/revision": MethodSpec(t.RevisionParams, (t.RevisionPage,)),
     "session/restore": MethodSpec(t.RestoreParams, (t.EditResult,)),
     "session/append": MethodSpec(t.AppendParams, (t.AppendResult,)),
+    "mcp/servers": MethodSpec(t.McpServersParams, (t.McpServersResult,)),
 }
 
 

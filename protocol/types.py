@@ -22,6 +22,7 @@ NonNegativeInt = Annotated[int, Meta(ge=0, le=MAX_SAFE_INT)]
 PageLimit = Annotated[int, Meta(ge=1, le=MAX_PAGE_SIZE)]
 ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=256)]
+McpName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
 Role = Literal["system", "user", "assistant", "tool"]
 StopReason = Literal["end_turn", "max_tokens", "tool_use", "interrupted", "budget_exhausted", "refusal"]
@@ -182,6 +183,18 @@ class EmptyResult(Struct):
 # ---------------------------------------------------------------- sessions
 
 
+class McpServerInput(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """An MCP server whose tools a session offers as ``NAME__TOOL``: stdio (``command``,
+    ``args``, ``env``) or streamable HTTP (``url``, ``headers``), exactly one of the two."""
+
+    name: McpName
+    command: NonEmptyStr | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    url: NonEmptyStr | None = None
+    headers: dict[str, str] = {}
+
+
 class SessionCreateParams(Params):
     prompt: str | None = None
     model: NonEmptyStr | None = None
@@ -196,6 +209,7 @@ class SessionCreateParams(Params):
     provider_params: dict[str, Any] | None = None
     tool_timeout_ms: PositiveInt | None = None
     idempotency_key: IdempotencyKey | None = None
+    mcp_servers: list[McpServerInput] = []
 
 
 class SetToolsParams(Params):
@@ -507,3 +521,26 @@ class ToolExecuteResult(Struct):
 
     content: str
     is_error: bool = False
+
+
+# ---------------------------------------------------------------- MCP servers (section 11)
+
+
+class McpServersParams(Params):
+    session_id: str | None = None
+
+
+class McpServerInfo(Struct, omit_defaults=True):
+    """``state``: "starting", "ready", "failed" (``error`` says why; restarted at next use)
+    or "stopped"; ``tools``: the server's own tool names."""
+
+    name: str
+    transport: Literal["stdio", "http"]
+    state: Literal["starting", "ready", "failed", "stopped"]
+    tools: list[str]
+    error: str | None = None
+    pid: int | None = None
+
+
+class McpServersResult(Struct):
+    servers: list[McpServerInfo]

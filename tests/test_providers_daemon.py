@@ -787,7 +787,7 @@ def test_anthropic_tool_use_round_trip(spawn: Spawn, server: FakeLLMServer, tmp_
     call = {"tool_use_id": "toolu_01A", "name": "get_weather", "arguments": args}
     assert result["pending_tool_calls"] == [call]
     assert result["tool_calls"] == [call]
-    assert events_of(d, sid, "tool_call_requested") == [{"type": "tool_call_requested", **call}]
+    assert events_of(d, sid, "tool_call_requested") == [{"type": "tool_call_requested", **call, "source": "client"}]
     assert events_of(d, sid, "turn_completed")[0]["stop_reason"] == "tool_use"
 
     staged = d.call("session/stage_tool_results", {"session_id": sid, "results": [

@@ -186,6 +186,7 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     c.call("session/list", {"limit": 10, "labels": {"suite": "schemas"}})
     c.call("session/history", {"session_id": sid, "offset": 1, "limit": 3})
     c.call("providers/list", {})
+    c.call("mcp/servers", {})
     c.call("session/archive", {"session_id": dsid})
     c.call("session/list", {"include_archived": True})
     c.call("session/history", {"session_id": dsid})

@@ -109,7 +109,7 @@ def test_tool_timeout(spawn: Any) -> None:
     assert r["text"] == "gave up" and time.monotonic() - started < 5
     req = d.tool_requests()[0]
     assert events_of(d, sid, "tool_execution_timed_out") == [
-        {"type": "tool_execution_timed_out", "tool_use_id": "c1", "name": "read_file", "timeout_ms": 300}
+        {"type": "tool_execution_timed_out", "tool_use_id": "c1", "name": "read_file", "timeout_ms": 300, "source": "client"}
     ]
     assert d.cancels_sent() == [req["id"]]
     result = history(d, sid)[2]["content"][0]

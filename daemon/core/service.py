@@ -33,6 +33,7 @@ from protocol.types import (
     Billing,
     DeferredCreateResult,
     InterruptResult,
+    McpServerInput,
     Message,
     RunResult,
     SessionCreateParams,
@@ -63,7 +64,7 @@ from .edits import TranscriptEditor
 from .events import EventBus, Numbered, Sink
 from ..providers import ProviderRegistry
 from ..store import Store
-from .tools import ClientChannel, check_tool_defs
+from .tools import ClientChannel, McpManagerLike, check_mcp_servers, check_tool_defs
 from .turns import Turn, TurnSetup
 from ..logs import get_logger
 
@@ -99,7 +100,9 @@ class SessionService:
         spawn: Callable[..., None],
         *,
         accepting: bool = True,
+        mcp: McpManagerLike | None = None,
     ) -> None:
+        """``mcp`` runs the MCP servers sessions name (the daemon's one manager)."""
         self.store = store
         self.providers = providers
         self.bus = bus
@@ -109,6 +112,7 @@ class SessionService:
         self.turns: dict[str, Turn] = {}  # session_id -> the turn this process runs
         self._claimed: set[str] = set()  # turn ids this process has claimed, running or about to
         self.accepting = accepting
+        self.mcp = mcp
         self.edits = TranscriptEditor(store, bus, self._not_while_running)
 
     # ------------------------------------------------------------------ start-up
@@ -172,6 +176,7 @@ class SessionService:
         if not defer and p.prompt is None:
             raise errors.InvalidRequest.at("$.prompt", 'required unless initial_turn is "defer"')
         check_tool_defs(p.tools)
+        check_mcp_servers(p.mcp_servers)
         provider, model = self.providers.resolve(p.provider, p.model)
         self.providers.check_params(provider, p.provider_params, "$.provider_params")
         now = now_ms()
@@ -198,6 +203,7 @@ class SessionService:
             running_owner=None,
             tool_timeout_ms=p.tool_timeout_ms or DEFAULT_TOOL_TIMEOUT_MS,
             cwd=cwd,
+            mcp_servers=list(p.mcp_servers),
         )
         key = None
         if p.idempotency_key is not None:
@@ -415,10 +421,11 @@ class SessionService:
             overlay=overlay,
             budget=row.budget,
             tool_timeout_ms=row.tool_timeout_ms,
+            mcp_servers=self._mcp_servers(row),
         )
         events = self.bus.open_turn(session_id, turn_id, first_seq, reserved, self.sink)
         turn = self.turns[session_id] = Turn(
-            setup, self.providers, self.store, self.bus, events, self.channel, self.spawn
+            setup, self.providers, self.store, self.bus, events, self.channel, self.spawn, self.mcp
         )
         if not self.accepting:
             # read before the input ended, claimed after: committed, then interrupted like the rest
@@ -433,6 +440,33 @@ class SessionService:
             self._claimed.discard(turn_id)
         log.info("turn_ended", session_id=session_id, turn_id=turn_id, stop_reason=result.stop_reason)
         return result
+
+    def _mcp_servers(self, row: sessions.SessionRow) -> list[McpServerInput]:
+        """The config's servers, then the session's (a session's server replaces the
+        config's of the same name)."""
+        mine = {s.name for s in row.mcp_servers}
+        return [s for s in self.providers.config.mcp_servers if s.name not in mine] + list(row.mcp_servers)
+
+    async def set_mcp_servers(self, session_id: str, servers: list[McpServerInput]) -> None:
+        """The servers an ACP editor gives again when it loads or resumes a session."""
+        check_mcp_servers(servers, "$.mcpServers")
+
+        async def unit(db: Any) -> None:
+            await _live_row(db, session_id)
+            await sessions.update_session(db, session_id, mcp_servers=list(servers))
+
+        await self.store.write(unit)
+
+    async def mcp_status(self, session_id: str | None) -> list[Any]:
+        """What ``mcp/servers`` lists: every server this daemon runs, or a session's."""
+        if self.mcp is None:
+            return []
+        statuses = self.mcp.servers()  # type: ignore[attr-defined]
+        if session_id is None:
+            return list(statuses)
+        row = await self.session_row(session_id, archived=True)
+        names = {s.name for s in self._mcp_servers(row)}
+        return [s for s in statuses if s.name in names]
 
     async def interrupt(self, p: TurnInterruptParams) -> InterruptResult:
         turn = self.turns.get(p.session_id)

@@ -8,6 +8,7 @@ error result the model can read and correct.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -15,7 +16,7 @@ import anyio
 import msgspec
 
 from protocol.events import Event, ToolExecutionCompleted, ToolExecutionStarted, ToolExecutionTimedOut
-from protocol.types import ToolCall, ToolDef, ToolExecuteResult, ToolOverlay, ToolResultBlock
+from protocol.types import McpServerInput, ToolCall, ToolDef, ToolExecuteResult, ToolOverlay, ToolResultBlock
 
 from .. import errors
 from ..logs import get_logger
@@ -32,9 +33,14 @@ class ClientError(Exception):
 
 
 class ClientChannel(Protocol):
-    """Requests from the daemon to the client (implemented by the connection)."""
+    """Requests from the daemon to the client (implemented by the front-end)."""
 
     def supports_tool_execute(self) -> bool: ...
+
+    async def permit(self, session_id: str, call: ToolCall, timeout_s: float) -> bool:
+        """Whether the user lets this tool call run (ACP asks the editor; Warren's own
+        protocol has no such question and answers yes)."""
+        ...
 
     async def call_client(self, method: str, params: dict[str, Any], timeout_s: float) -> Any:
         """The client's ``result``; raises ClientError, TimeoutError or ClientGone. On
@@ -102,6 +108,139 @@ def argument_problem(call: ToolCall, tool: ToolDef) -> str | None:
 
 
 Emit = Callable[[Event], Awaitable[None]]
+CLIENT = "client"
+
+
+class ToolSource(Protocol):
+    """Where a tool runs: the client (``tool/execute``) or an MCP server. ``source`` is what
+    the tool events carry (``"client"``, ``"mcp:NAME"``)."""
+
+    source: str
+
+    def available(self) -> bool:
+        """Whether calls can run now (a client that does not execute tools: no)."""
+        ...
+
+    async def run(self, call: ToolCall, name: str, timeout_s: float) -> tuple[str, bool]:
+        """``(content, is_error)``; raises ``ClientGone`` when nobody can answer any more.
+        ``name``: the tool's own name at its source."""
+        ...
+
+
+class ClientSource:
+    source = CLIENT
+
+    def __init__(self, channel: ClientChannel, session_id: str, turn_id: str) -> None:
+        self.channel = channel
+        self.session_id = session_id
+        self.turn_id = turn_id
+
+    def available(self) -> bool:
+        return self.channel.supports_tool_execute()
+
+    async def run(self, call: ToolCall, name: str, timeout_s: float) -> tuple[str, bool]:
+        params = {
+            "session_id": self.session_id,
+            "turn_id": self.turn_id,
+            "tool_use_id": call.tool_use_id,
+            "name": name,
+            "arguments": call.arguments,
+        }
+        try:
+            return _read_answer(await self.channel.call_client("tool/execute", params, timeout_s))
+        except ClientError as exc:
+            return str(exc), True
+
+
+class McpManagerLike(Protocol):
+    """What a tool source needs of ``daemon.mcp.McpManager`` (imported only when a session
+    names an MCP server)."""
+
+    async def tools(self, spec: Any) -> list[Any]: ...
+
+    async def call(self, spec: Any, tool: str, arguments: dict[str, Any], timeout_s: float) -> Any: ...
+
+
+def mcp_tool_name(server: str, tool: str) -> str:
+    """The name the model sees: ``SERVER__TOOL``, kept to what every provider accepts."""
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", f"{server}__{tool}")[:64]
+
+
+class McpSource:
+    """The tools of one MCP server."""
+
+    def __init__(self, manager: McpManagerLike, server: McpServerInput) -> None:
+        from ..mcp import McpServerSpec
+
+        self.manager = manager
+        self.server = server
+        self.source = f"mcp:{server.name}"
+        self.spec = McpServerSpec(
+            server.name, command=server.command, args=tuple(server.args), env=tuple(sorted(server.env.items())),
+            url=server.url, headers=tuple(sorted(server.headers.items())),
+        )
+
+    def available(self) -> bool:
+        return True
+
+    async def tools(self) -> list[tuple[ToolDef, str]]:
+        """``(definition as the model sees it, the tool's own name)``; raises ``McpError``."""
+        listed = await self.manager.tools(self.spec)
+        return [
+            (ToolDef(mcp_tool_name(self.server.name, t.name), t.input_schema or {"type": "object"}, t.description or ""),
+             t.name)
+            for t in listed
+        ]
+
+    async def run(self, call: ToolCall, name: str, timeout_s: float) -> tuple[str, bool]:
+        result = await self.manager.call(self.spec, name, call.arguments, timeout_s)
+        return result.content, result.is_error
+
+
+def check_mcp_servers(servers: list[McpServerInput], path: str = "$.mcp_servers") -> None:
+    """Each server is stdio (``command``) or HTTP (``url``), and names are unique."""
+    problems: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for i, server in enumerate(servers):
+        if (server.command is None) == (server.url is None):
+            problems.append({"path": f"{path}[{i}]", "message": "give either command (stdio) or url (streamable HTTP)"})
+        if server.name in seen:
+            problems.append({"path": f"{path}[{i}].name", "message": f"duplicate server name {server.name!r}"})
+        seen.add(server.name)
+    if problems:
+        raise errors.InvalidRequest("Invalid params: " + problems[0]["message"], problems)
+
+
+class Toolbox:
+    """The tools a turn offers the model, each with the source that runs it (by the name
+    the model sees: MCP tools are ``SERVER__TOOL``)."""
+
+    def __init__(self, client: ToolSource | None = None) -> None:
+        """``client``: where a call of a tool the box does not hold goes (the client decides
+        what it serves; a model's unknown tool is refused there, or staged without one)."""
+        self.client = client
+        self._entries: dict[str, tuple[ToolDef, ToolSource, str]] = {}
+
+    def add(self, tool: ToolDef, source: ToolSource, name: str | None = None) -> None:
+        self._entries.setdefault(tool.name, (tool, source, name or tool.name))
+
+    def defs(self) -> list[ToolDef]:
+        return [entry[0] for entry in self._entries.values()]
+
+    def get(self, name: str) -> tuple[ToolDef, ToolSource, str] | None:
+        return self._entries.get(name)
+
+    def source_of(self, name: str) -> str:
+        entry = self._entries.get(name)
+        return entry[1].source if entry is not None else CLIENT
+
+    def runnable(self, calls: list[ToolCall]) -> bool:
+        """Whether this step's calls can all run now; else the turn ends with them pending."""
+        client_ok = self.client is not None and self.client.available()
+        return all(entry[1].available() if (entry := self._entries.get(c.name)) else client_ok for c in calls)
+
+
+Permit = Callable[[ToolCall, float], Awaitable[bool]]
 
 
 class StepRunner:
@@ -109,25 +248,22 @@ class StepRunner:
 
     ``results`` fills in as calls finish, so an interrupted step can still commit what
     finished (and an error result for the rest) and the history stays well formed.
+    ``permit`` asks the client before each call (ACP's permission request).
     """
 
     def __init__(
         self,
         calls: list[ToolCall],
-        tools: list[ToolDef],
-        channel: ClientChannel,
-        session_id: str,
-        turn_id: str,
+        toolbox: Toolbox,
         timeout_ms: int,
         emit: Emit,
+        permit: Permit | None = None,
     ) -> None:
         self.calls = calls
-        self.tools = {t.name: t for t in tools}
-        self.channel = channel
-        self.session_id = session_id
-        self.turn_id = turn_id
+        self.toolbox = toolbox
         self.timeout_ms = timeout_ms
         self.emit = emit
+        self.permit = permit
         self.results: dict[str, ToolResultBlock] = {}
 
     def ordered(self, missing: str) -> list[ToolResultBlock]:
@@ -140,31 +276,33 @@ class StepRunner:
                 tasks.start_soon(self._one, call)
         return self.ordered("no result")
 
-    async def _reject(self, call: ToolCall, message: str) -> None:
+    async def _reject(self, call: ToolCall, message: str, source: str) -> None:
         self.results[call.tool_use_id] = ToolResultBlock(call.tool_use_id, message, True)
-        await self.emit(ToolExecutionCompleted(call.tool_use_id, call.name, message, True, 0))
+        await self.emit(ToolExecutionCompleted(call.tool_use_id, call.name, message, True, 0, source))
 
     async def _one(self, call: ToolCall) -> None:
-        tool = self.tools.get(call.name)
-        if tool is None:
-            await self._reject(call, f"Tool {call.name!r} is not available in this turn")
+        entry = self.toolbox.get(call.name)
+        if entry is None:
+            await self._reject(call, f"Tool {call.name!r} is not available in this turn", CLIENT)
             return
+        tool, source, name = entry
         problem = argument_problem(call, tool)
         if problem is not None:
-            await self._reject(call, f"Invalid arguments for tool {call.name!r}: {problem}. Fix them and call again.")
+            await self._reject(call, f"Invalid arguments for tool {call.name!r}: {problem}. Fix them and call again.",
+                               source.source)
             return
-        await self.emit(ToolExecutionStarted(call.tool_use_id, call.name))
-        started = time.perf_counter()
-        params = {
-            "session_id": self.session_id,
-            "turn_id": self.turn_id,
-            "tool_use_id": call.tool_use_id,
-            "name": call.name,
-            "arguments": call.arguments,
-        }
+        timeout_s = self.timeout_ms / 1000
         try:
-            answer = await self.channel.call_client("tool/execute", params, self.timeout_ms / 1000)
-            content, is_error = _read_answer(answer)
+            if self.permit is not None:
+                with anyio.fail_after(timeout_s):
+                    allowed = await self.permit(call, timeout_s)
+                if not allowed:
+                    await self._reject(call, f"The user declined the call of tool {call.name!r}", source.source)
+                    return
+            await self.emit(ToolExecutionStarted(call.tool_use_id, call.name, source.source))
+            started = time.perf_counter()
+            with anyio.fail_after(timeout_s):
+                content, is_error = await source.run(call, name, timeout_s)
         except ClientGone:
             # the turn is being interrupted by the shutdown that follows; record why
             self.results[call.tool_use_id] = ToolResultBlock(call.tool_use_id, "Tool call interrupted: the client went away", True)
@@ -172,13 +310,11 @@ class StepRunner:
         except TimeoutError:
             message = f"Tool {call.name!r} timed out after {self.timeout_ms} ms"
             self.results[call.tool_use_id] = ToolResultBlock(call.tool_use_id, message, True)
-            await self.emit(ToolExecutionTimedOut(call.tool_use_id, call.name, self.timeout_ms))
+            await self.emit(ToolExecutionTimedOut(call.tool_use_id, call.name, self.timeout_ms, source.source))
             return
-        except ClientError as exc:
-            content, is_error = str(exc), True
         self.results[call.tool_use_id] = ToolResultBlock(call.tool_use_id, content, is_error)
         duration = int((time.perf_counter() - started) * 1000)
-        await self.emit(ToolExecutionCompleted(call.tool_use_id, call.name, content, is_error, duration))
+        await self.emit(ToolExecutionCompleted(call.tool_use_id, call.name, content, is_error, duration, source.source))
 
 
 def _read_answer(answer: Any) -> tuple[str, bool]:

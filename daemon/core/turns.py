@@ -37,6 +37,7 @@ from protocol.types import (
     Block,
     Budget,
     BudgetUse,
+    McpServerInput,
     Message,
     ReasoningBlock,
     RunResult,
@@ -57,7 +58,7 @@ from ..store import events as event_rows
 from .events import EventBus, Numbered, TurnLog
 from ..providers import ProviderRegistry, base
 from ..store import Store
-from .tools import ClientChannel, StepRunner, offered
+from .tools import ClientChannel, ClientSource, McpManagerLike, McpSource, StepRunner, Toolbox, offered
 from ..logs import get_logger
 
 log = get_logger("warren.turns")
@@ -82,6 +83,7 @@ class TurnSetup(msgspec.Struct):
     overlay: ToolOverlay | None = None
     budget: Budget | None = None
     tool_timeout_ms: int = DEFAULT_TOOL_TIMEOUT_MS
+    mcp_servers: list[McpServerInput] = msgspec.field(default_factory=list)  # the config's and the session's
 
 
 class _Block(msgspec.Struct):
@@ -193,8 +195,11 @@ class Turn:
         events: TurnLog,
         channel: ClientChannel | None = None,
         spawn: Callable[..., None] | None = None,
+        mcp: McpManagerLike | None = None,
     ) -> None:
         self.setup = setup
+        self.mcp = mcp
+        self.toolbox = Toolbox()
         self.session_id = setup.session_id
         self.turn_id = setup.turn_id
         self.providers = providers
@@ -320,12 +325,12 @@ class Turn:
         self.history = await self.store.read(lambda db: transcripts.all_messages(db, self.session_id), small=False)
         if setup.model is None:
             await self._discover_model()
-        tools = offered(setup.tools, setup.overlay)
+        self.toolbox = toolbox = await self._toolbox()
+        tools = toolbox.defs()
         await self.emit(TurnStarted(setup.provider, setup.model, [t.name for t in tools]))
         for _text, source, key in setup.applied_context:
             await self.emit(SystemContextApplied(source, key))
         budget = setup.budget or Budget()
-        executes = self.channel is not None and self.channel.supports_tool_execute()
         while True:
             output = await self._model_call(tools)
             calls = output.tool_calls()
@@ -342,7 +347,7 @@ class Turn:
                     self.exhausted = BudgetUse("max_tool_calls", used_calls, budget.max_tool_calls)
                 if self.exhausted is not None:
                     stop = "budget_exhausted"
-            final = stop != "tool_use" or not executes
+            final = stop != "tool_use" or not toolbox.runnable(calls)
             with anyio.CancelScope(shield=True):
                 refused = [
                     ToolResultBlock(c.tool_use_id, f"Not run: the turn's {self.exhausted.budget} budget is exhausted", True)
@@ -352,14 +357,39 @@ class Turn:
                 self.current = None
                 if result is not None:
                     return result
-            assert self.channel is not None
-            self.step = StepRunner(
-                calls, tools, self.channel, self.session_id, self.turn_id, setup.tool_timeout_ms, self.emit
-            )
+            self.step = StepRunner(calls, toolbox, setup.tool_timeout_ms, self.emit, self._permit)
             results = await self.step.run()
             with anyio.CancelScope(shield=True):
                 await self._commit([self._tool_message(results, self.message_count)])
                 self.step = None
+
+    async def _toolbox(self) -> Toolbox:
+        """The session's client tools and every tool of its MCP servers, narrowed by the
+        turn's overlay. A server that cannot start is logged and left out of this turn."""
+        setup = self.setup
+        client = ClientSource(self.channel, self.session_id, self.turn_id) if self.channel is not None else None
+        box = Toolbox(client)
+        if client is not None:
+            for tool in offered(setup.tools, setup.overlay):
+                box.add(tool, client)
+        if setup.mcp_servers and self.mcp is not None:
+            from ..mcp import McpError
+
+            for server in setup.mcp_servers:
+                source = McpSource(self.mcp, server)
+                try:
+                    listed = await source.tools()
+                except McpError as exc:
+                    self.log.warning("mcp_server_unavailable", server=server.name, error=str(exc))
+                    continue
+                names = {d.name for d in offered([d for d, _ in listed], setup.overlay)}
+                for definition, name in listed:
+                    if definition.name in names:
+                        box.add(definition, source, name)
+        return box
+
+    async def _permit(self, call: ToolCall, timeout_s: float) -> bool:
+        return self.channel is None or await self.channel.permit(self.session_id, call, timeout_s)
 
     async def _discover_model(self) -> None:
         """Ask a compatible server which model it serves, and remember the answer."""
@@ -527,7 +557,7 @@ class Turn:
             new.append(self._tool_message(refused, self.message_count + len(new)))
         calls = output.tool_calls()
         events: list[Event] = [UsageReported(output.usage)] if output.usage is not None else []
-        events += [ToolCallRequested(c.tool_use_id, c.name, c.arguments) for c in calls]
+        events += [ToolCallRequested(c.tool_use_id, c.name, c.arguments, self.toolbox.source_of(c.name)) for c in calls]
         self.tool_calls.extend(calls)
         self.last_text = output.text()
         return await self._commit(

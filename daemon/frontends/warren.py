@@ -170,6 +170,9 @@ class WarrenFrontend:
     def supports_tool_execute(self) -> bool:
         return self.tool_execute and not self.peer.client_gone
 
+    async def permit(self, session_id: str, call: Any, timeout_s: float) -> bool:
+        return True  # Warren's protocol has no permission question: the client chose the tools
+
     async def call_client(self, method: str, params: dict[str, Any], timeout_s: float) -> Any:
         try:
             return await self.peer.request(method, params, timeout_s)
@@ -278,6 +281,10 @@ class WarrenFrontend:
         async def append_messages(p: t.AppendParams, ctx: RequestContext) -> t.AppendResult:
             return await service().edits.append(p)
 
+        async def mcp_servers(p: t.McpServersParams, ctx: RequestContext) -> t.McpServersResult:
+            statuses = await service().mcp_status(p.session_id)
+            return t.McpServersResult([msgspec.convert(msgspec.to_builtins(s), t.McpServerInfo) for s in statuses])
+
         handlers: dict[str, Handler] = {
             "initialize": initialize,
             "shutdown": shutdown,
@@ -301,6 +308,7 @@ class WarrenFrontend:
             "session/revision": revision,
             "session/restore": restore,
             "session/append": append_messages,
+            "mcp/servers": mcp_servers,
         }
         missing = set(METHODS) ^ set(handlers)
         if missing:

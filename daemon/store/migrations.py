@@ -245,6 +245,9 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE sessions ADD COLUMN title TEXT;
     CREATE INDEX sessions_by_cwd ON sessions (cwd, updated_at_ms DESC, session_id DESC) WHERE archived = 0
     """),
+    Migration("session_mcp_servers", """
+    ALTER TABLE sessions ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]'
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

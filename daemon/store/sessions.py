@@ -11,9 +11,11 @@ from typing import Any
 
 import msgspec
 
-from protocol.types import DEFAULT_TOOL_TIMEOUT_MS, Budget, ForkedFrom, SessionSummary, ToolDef, Usage
+from protocol.types import DEFAULT_TOOL_TIMEOUT_MS, Budget, ForkedFrom, McpServerInput, SessionSummary, ToolDef, Usage
 
 from .codec import ANY, LABELS, TOOLS, dumps
+
+_mcp = msgspec.json.Decoder(list[McpServerInput])
 
 
 class SessionRow(msgspec.Struct):
@@ -42,6 +44,7 @@ class SessionRow(msgspec.Struct):
     forked_from: ForkedFrom | None = None
     cwd: str | None = None  # the working directory an ACP editor gave
     title: str | None = None  # from the first ACP prompt
+    mcp_servers: list[McpServerInput] = []
 
 
 _SESSION_COLUMNS = """
@@ -49,7 +52,7 @@ _SESSION_COLUMNS = """
     s.max_tokens, s.labels, s.archived, s.message_count, s.input_tokens, s.output_tokens,
     s.cache_read_tokens, s.cache_write_tokens, s.last_assistant_text, s.budget,
     s.provider_params, s.provider_state, s.staged_prompt, s.tools, s.next_seq,
-    t.turn_id, t.owner, s.tool_timeout_ms, s.pieces, s.forked_from, s.cwd, s.title
+    t.turn_id, t.owner, s.tool_timeout_ms, s.pieces, s.forked_from, s.cwd, s.title, s.mcp_servers
 """
 _SESSION_FROM = "sessions s LEFT JOIN turns t ON t.session_id = s.session_id AND t.status = 'running'"
 
@@ -85,6 +88,7 @@ def _session(row: Any) -> SessionRow:
         forked_from=msgspec.json.decode(row[25], type=ForkedFrom) if row[25] else None,
         cwd=row[26],
         title=row[27],
+        mcp_servers=_mcp.decode(row[28]),
     )
 
 
@@ -99,8 +103,8 @@ async def insert_session(db: Any, row: SessionRow) -> None:
     await db.execute(
         """INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, provider, model,
                system_prompt, max_tokens, labels, budget, provider_params, provider_state,
-               staged_prompt, tools, next_seq, tool_timeout_ms, pieces, forked_from, cwd, title)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               staged_prompt, tools, next_seq, tool_timeout_ms, pieces, forked_from, cwd, title, mcp_servers)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             row.session_id,
             row.created_at_ms,
@@ -121,6 +125,7 @@ async def insert_session(db: Any, row: SessionRow) -> None:
             dumps(row.forked_from) if row.forked_from else None,
             row.cwd,
             row.title,
+            dumps(row.mcp_servers),
         ),
     )
     if row.labels:
@@ -196,7 +201,7 @@ async def _labels_are_selective(db: Any, labels: dict[str, str]) -> bool:
 
 async def update_session(db: Any, session_id: str, **fields: Any) -> None:
     """Set columns by name; JSON-typed values are encoded here."""
-    json_columns = {"labels", "budget", "provider_params", "provider_state", "tools"}
+    json_columns = {"labels", "budget", "provider_params", "provider_state", "tools", "mcp_servers"}
     cols = []
     args: list[Any] = []
     for name, value in fields.items():
