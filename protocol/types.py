@@ -431,23 +431,13 @@ class RevisionsResult(Struct):
     has_more: bool
 
 
-class RevisionParams(Params):
-    session_id: str
+class RevisionParams(SessionHistoryParams, kw_only=True):
     revision: NonEmptyStr
-    offset: NonNegativeInt = 0
-    limit: PageLimit = 100
 
 
-class RevisionPage(Struct):
+class RevisionPage(SessionHistoryPage):
     """A history page of any retained revision, and the session's head revision."""
 
-    session_id: str
-    message_count: int
-    offset: int
-    limit: int
-    has_more: bool
-    messages: list[Message]
-    revision: str
     head_revision: str
 
 
