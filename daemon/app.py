@@ -18,6 +18,7 @@ from protocol import DEFAULT_COALESCE_AFTER_LINES
 
 from .core.events import EventBus
 from .frontends.warren import CANCEL_METHOD, WarrenFrontend
+from .mcp import McpManager
 from .providers import ProviderRegistry
 from .store import Store
 from .transport.peer import Peer
@@ -52,7 +53,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
             from .core.service import SessionService
 
             built.append(SessionService(store, registry, bus, frontend, frontend, root.start_soon,
-                                        accepting=not stopping))
+                                        accepting=not stopping, mcp=mcp))
         return built[0]
 
     async def recover(db: Any) -> int:
@@ -60,6 +61,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         return await service().recover(db)
 
     store = Store(options.db, busy_timeout_ms=options.busy_timeout_ms, on_open=recover)
+    mcp = McpManager(log_stderr=_log_mcp_stderr)
     bus = EventBus(store, keep_delta_turns=options.keep_delta_turns)
     writer = Writer(out_fd, coalesce_after=options.coalesce_after_lines)
     registry, startup_logs = load_providers(options.config)
@@ -101,6 +103,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         root.start_soon(writer.run)
         await root.start(store.run)
         root.start_soon(bus.run)
+        await root.start(mcp.run)
         root.start_soon(_watch_signals, peer)
         await peer.serve(in_fd, frontend.dispatcher, input_closed)
         writer.close()
@@ -108,6 +111,8 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
             await writer.wait_drained()
         with anyio.move_on_after(1, shield=True):
             await registry.aclose()
+        with anyio.move_on_after(options.shutdown_grace_s, shield=True):
+            await mcp.aclose()
         root.cancel_scope.cancel()
     log.info("stopped")
 
@@ -126,6 +131,11 @@ def load_providers(path: Path | None) -> tuple[ProviderRegistry, list[tuple[str,
     logs.append(("info", "config_loaded", {"path": str(config.path), "file_loaded": config.file_loaded,
                                            "providers": sorted(config.providers), "default": config.default_provider}))
     return ProviderRegistry(config), logs
+
+
+def _log_mcp_stderr(server: str, line: str) -> None:
+    """An MCP server's stderr, a log line each, tagged with the server's name."""
+    log.info("mcp_stderr", server=server, line=line)
 
 
 async def _watch_signals(peer: Peer) -> None:
