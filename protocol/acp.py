@@ -299,8 +299,8 @@ class ToolContent(Struct, tag_field="type", tag="content"):
 class ToolCallStart(Update, tag="tool_call"):
     tool_call_id: str
     title: str
-    kind: ToolKind = "other"
-    status: ToolStatus = "pending"
+    kind: ToolKind
+    status: ToolStatus
     raw_input: Any = None
     content: list[ToolContent] = []
 

@@ -30,6 +30,7 @@ from protocol.errors import ErrorObject, error_object
 from protocol.events import AnyEvent
 from protocol.types import (
     ForkParams,
+    McpServerInput,
     Message,
     ReasoningBlock,
     SessionCreateParams,
@@ -279,7 +280,7 @@ class AcpFrontend:
                 acp.AgentCapabilities(
                     load_session=True,
                     prompt_capabilities=acp.PromptCapabilities(image=False, audio=False, embedded_context=True),
-                    mcp_capabilities=acp.McpCapabilities(http=False, sse=False),
+                    mcp_capabilities=acp.McpCapabilities(http=True, sse=False),
                     session_capabilities=acp.SessionCapabilities(list={}, resume={}, close={}, delete={}, fork={}),
                 ),
                 [],
@@ -301,6 +302,7 @@ class AcpFrontend:
                                          SessionCreateParams)
             except msgspec.ValidationError as exc:
                 raise errors.InvalidRequest.at("$._meta.warren", str(exc)) from None
+            params = msgspec.structs.replace(params, mcp_servers=_servers(p.mcp_servers) + params.mcp_servers)
             created = await service().create(params, cwd=p.cwd)
             ctx.session_id = created.session_id
             row = await service().session_row(created.session_id)
@@ -308,11 +310,13 @@ class AcpFrontend:
 
         async def load(p: acp.LoadSessionParams, ctx: RequestContext) -> acp.SessionSetupResult:
             row = await service().session_row(p.session_id)
+            await service().set_mcp_servers(p.session_id, _servers(p.mcp_servers))
             await self._replay(p.session_id)
             return acp.SessionSetupResult([self._model_option(row.provider, row.model)])
 
         async def resume(p: acp.ResumeSessionParams, ctx: RequestContext) -> acp.SessionSetupResult:
             row = await service().session_row(p.session_id)
+            await service().set_mcp_servers(p.session_id, _servers(p.mcp_servers))
             return acp.SessionSetupResult([self._model_option(row.provider, row.model)])
 
         async def fork(p: acp.ForkSessionParams, ctx: RequestContext) -> acp.NewSessionResult:
@@ -401,6 +405,22 @@ class AcpFrontend:
         state.cancelled = True
         if state.scope is not None:
             state.scope.cancel()
+
+
+def _servers(servers: list[acp.McpServer]) -> list[McpServerInput]:
+    """ACP's ``mcpServers`` as the session's MCP servers (stdio and streamable HTTP; the
+    deprecated SSE transport is refused by name)."""
+    out = []
+    for i, server in enumerate(servers):
+        if server.type == "sse":
+            raise errors.InvalidRequest.at(f"$.mcpServers[{i}].type", "the SSE transport is not supported; use http")
+        fields = {"name": server.name, "command": server.command, "args": server.args, "url": server.url,
+                  "env": {e.name: e.value for e in server.env}, "headers": {h.name: h.value for h in server.headers}}
+        try:
+            out.append(msgspec.convert({k: v for k, v in fields.items() if v is not None}, McpServerInput))
+        except msgspec.ValidationError as exc:
+            raise errors.InvalidRequest.at(f"$.mcpServers[{i}]", str(exc)) from None
+    return out
 
 
 def _cursor(offset: int) -> str:
