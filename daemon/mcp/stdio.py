@@ -22,10 +22,10 @@ from typing import Any, AsyncIterator, Callable
 
 import anyio
 
-from daemon.logs import get_logger
-from daemon.transport.dispatch import Dispatcher
-from daemon.transport.peer import Peer, PeerError, PeerGone
-from daemon.transport.stdio import Writer, read_chunks
+from ..logs import get_logger
+from ..transport.dispatch import Dispatcher
+from ..transport.peer import Peer, PeerError, PeerGone
+from ..transport.stdio import Writer, read_chunks
 from protocol import jsonrpc
 from protocol.framing import LineBuffer, Oversized
 
@@ -52,78 +52,6 @@ def child_env(spec: McpServerSpec) -> dict[str, str]:
     return env
 
 
-class _Waiter:
-    """A request we sent (the fields ``Peer`` fills in: ``done``, ``result``, ``error``,
-    ``gone``)."""
-
-    __slots__ = ("done", "result", "error", "gone")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.result: Any = None
-        self.error: Any = None
-        self.gone = False
-
-
-class McpPeer(Peer):
-    """``Peer`` with MCP's cancel notification and a hook for lines that are not JSON-RPC.
-
-    Two differences from the generic peer, both candidates for ``Peer`` itself: the
-    ``notifications/cancelled`` we send carries a ``reason`` beside ``requestId`` (and is
-    never sent for ``initialize``, which the spec forbids cancelling); and until the server
-    has answered ``initialize``, a line that is not JSON-RPC ends the connection at once (a
-    program that is not an MCP server, or one that prints a banner on stdout) instead of
-    waiting for the startup timeout.
-    """
-
-    def __init__(self, writer: Writer) -> None:
-        super().__init__(
-            writer,
-            max_line_bytes=MAX_LINE_BYTES,
-            cancel_method="notifications/cancelled",
-            cancel_field="requestId",
-            shutdown_grace_s=1.0,
-        )
-        self.strict = True  # until initialize is answered
-        self.garbage: str | None = None
-
-    async def request(self, method: str, params: Any, timeout_s: float) -> Any:
-        if self.client_gone:
-            raise PeerGone()
-        waiter = _Waiter()
-        id_ = self.state.open_outbound(waiter)
-        answered = False
-        reason = "the call was interrupted"
-        try:
-            await self.writer.send(jsonrpc.encode_request(id_, method, params), direct=True)
-            with anyio.fail_after(timeout_s):
-                await waiter.done.wait()
-            answered = True
-        except TimeoutError:
-            reason = f"no answer within {timeout_s:g} s"
-            raise
-        finally:
-            self.state.close_outbound(id_)
-            # initialize must not be cancelled (the spec): the server is stopped instead.
-            if not answered and not self.client_gone and method != "initialize":
-                self.writer.send_nowait(
-                    jsonrpc.encode_notification(self.cancel_method, {"requestId": id_, "reason": reason})
-                )
-        if waiter.gone:
-            raise PeerGone()
-        if waiter.error is not None:
-            raise PeerError(waiter.error)
-        return waiter.result
-
-    def _route(self, message: jsonrpc.Message, tasks: Any) -> bytes | None:
-        if isinstance(message, jsonrpc.Invalid) and self.strict:
-            if self.garbage is None:
-                self.garbage = message.error.message
-            self.stop_reading()
-            return None
-        return super()._route(message, tasks)
-
-
 class StdioConnection:
     transport = "stdio"
 
@@ -135,7 +63,13 @@ class StdioConnection:
         self.closed = anyio.Event()
         self._log_line = log_line
         self._writer = Writer(proc.stdin.fileno())
-        self.peer = McpPeer(self._writer)
+        self.strict = True  # until initialize is answered: a line that is not JSON-RPC ends it
+        self.garbage: str | None = None
+        # MCP's cancel carries a reason; a program that is not an MCP server (or prints a
+        # banner on stdout) fails at once instead of at the startup timeout.
+        self.peer = Peer(self._writer, max_line_bytes=MAX_LINE_BYTES, cancel_method="notifications/cancelled",
+                         cancel_field="requestId", cancel_reason=True, shutdown_grace_s=1.0,
+                         on_invalid=self._invalid_line)
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=3)
         self._stopping = False
         self._stderr_done = anyio.Event()
@@ -145,18 +79,27 @@ class StdioConnection:
 
     async def request(self, method: str, params: Any, timeout_s: float) -> Any:
         try:
-            return await self.peer.request(method, params, timeout_s)
+            # initialize must not be cancelled (the spec): the server is stopped instead
+            return await self.peer.request(method, params, timeout_s, cancellable=method != "initialize")
         except PeerGone:
             raise ServerGone() from None
         except PeerError as exc:
             raise RequestFailed(self._redact(remote_error_text(exc.error))) from None
+
+    def _invalid_line(self, message: jsonrpc.Invalid) -> bool:
+        if not self.strict:
+            return False
+        if self.garbage is None:
+            self.garbage = message.error.message
+        self.peer.stop_reading()
+        return True
 
     async def notify(self, method: str, params: Any) -> None:
         await self._writer.send(jsonrpc.encode_notification(method, params), direct=True)
 
     def initialized(self) -> None:
         """``initialize`` was answered: from now on a stray line is logged, not fatal."""
-        self.peer.strict = False
+        self.strict = False
 
     # ------------------------------------------------------------------ tasks
 
@@ -204,9 +147,9 @@ class StdioConnection:
     def describe_loss(self, when: str = "") -> str:
         """Why the connection ended, as a clause ("its process exited with code 1"), with
         ``when`` after it and the server's last stderr line (redacted) at the end."""
-        if self.peer.garbage is not None:
+        if self.garbage is not None:
             return (
-                f"it wrote a line on stdout that is not JSON-RPC ({self.peer.garbage}){when}; "
+                f"it wrote a line on stdout that is not JSON-RPC ({self.garbage}){when}; "
                 "is it a stdio MCP server, and does it keep its own logs off stdout?"
             )
         code = self.proc.returncode

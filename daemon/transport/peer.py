@@ -60,13 +60,21 @@ class Peer:
         max_line_bytes: int,
         cancel_method: str,
         cancel_field: str = "id",
+        cancel_reason: bool = False,
         shutdown_grace_s: float = 5.0,
         on_first_line: Callable[[], None] | None = None,
+        on_invalid: Callable[[jsonrpc.Invalid], bool] | None = None,
     ) -> None:
+        """``cancel_reason``: our cancel notifications carry a ``reason`` (MCP's do).
+        ``on_invalid``: sees each line that is not a JSON-RPC message first; True means it
+        was dealt with (an MCP server's stdout garbage ends its connection) and no error
+        line is sent back."""
         self.writer = writer
         self.max_line_bytes = max_line_bytes
         self.cancel_method = cancel_method  # the cancel notification, both ways: its name
         self.cancel_field = cancel_field  # and the params field that holds the request id
+        self.cancel_reason = cancel_reason
+        self._on_invalid = on_invalid
         self.shutdown_grace_s = shutdown_grace_s
         self._on_first_line = on_first_line  # starts work deferred past start-up
         self.state: PeerState[anyio.CancelScope, _Outbound] = PeerState()
@@ -77,25 +85,29 @@ class Peer:
 
     # ------------------------------------------------------------------ requests to the client
 
-    async def request(self, method: str, params: Any, timeout_s: float) -> Any:
+    async def request(self, method: str, params: Any, timeout_s: float, *, cancellable: bool = True) -> Any:
         """Send a request to the client and return its ``result``. Raises ``PeerError``,
         ``TimeoutError`` or ``PeerGone``; on timeout or cancellation the client is sent
-        the cancel notification for it."""
+        the cancel notification for it (unless not ``cancellable``: MCP's ``initialize``)."""
         if self.client_gone:
             raise PeerGone()
         waiter = _Outbound()
         id_ = self.state.open_outbound(waiter)
         answered = False
+        reason = "the request was interrupted"
         try:
             await self.writer.send(jsonrpc.encode_request(id_, method, params), direct=True)
             with anyio.fail_after(timeout_s):
                 await waiter.done.wait()
             answered = True
+        except TimeoutError:
+            reason = f"no answer within {timeout_s:g} s"
+            raise
         finally:
             self.state.close_outbound(id_)
-            if not answered and not self.client_gone:
-                with anyio.CancelScope(shield=True):
-                    await self.writer.send(jsonrpc.encode_notification(self.cancel_method, {self.cancel_field: id_}))
+            if not answered and not self.client_gone and cancellable:
+                params = {self.cancel_field: id_, "reason": reason} if self.cancel_reason else {self.cancel_field: id_}
+                self.writer.send_nowait(jsonrpc.encode_notification(self.cancel_method, params))
         if waiter.gone:
             raise PeerGone()
         if waiter.error is not None:
@@ -199,6 +211,8 @@ class Peer:
         """Invalid messages, notifications and client responses, alone or in a batch:
         returns the error line an invalid message is answered with."""
         if isinstance(message, jsonrpc.Invalid):
+            if self._on_invalid is not None and self._on_invalid(message):
+                return None
             log.info("invalid_message", code=message.error.data.get("code"))
             return jsonrpc.encode_error(message.id, message.error)
         if isinstance(message, jsonrpc.Notification):
