@@ -101,6 +101,12 @@ class TurnFailed(Event, tag="turn_failed"):
     error: ErrorObject
 
 
+class SteerApplied(Event, tag="steer_applied"):
+    """A ``turn/steer`` prompt joined the running turn as a user message."""
+
+    text: str
+
+
 class TranscriptChanged(Event, tag="transcript_changed"):
     """A fork (the new session's first event), rewrite, restore or append."""
 
@@ -125,6 +131,7 @@ AnyEvent = Union[
     TurnCompleted,
     TurnFailed,
     TranscriptChanged,
+    SteerApplied,
 ]
 
 EVENT_TYPES: list[type[Event]] = list(AnyEvent.__args__)  # type: ignore[attr-defined]
@@ -138,7 +145,7 @@ def event_type_name(cls: type[Event]) -> str:
 EventTypeName = Literal[
     "turn_started", "text_delta", "reasoning_delta", "tool_call_requested", "tool_execution_started",
     "tool_execution_completed", "tool_execution_timed_out", "budget_warning", "system_context_applied",
-    "usage", "retrying", "turn_completed", "turn_failed", "transcript_changed",
+    "usage", "retrying", "turn_completed", "turn_failed", "transcript_changed", "steer_applied",
 ]
 DELTA_TYPES = frozenset({"text_delta", "reasoning_delta"})
 Seq = Annotated[int, Meta(ge=0, le=MAX_SAFE_INT)]

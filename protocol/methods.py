@@ -42,6 +42,7 @@ METHODS: dict[str, MethodSpec] = {
     "session/restore": MethodSpec(t.RestoreParams, (t.EditResult,)),
     "session/append": MethodSpec(t.AppendParams, (t.AppendResult,)),
     "mcp/servers": MethodSpec(t.McpServersParams, (t.McpServersResult,)),
+    "turn/steer": MethodSpec(t.TurnSteerParams, (t.TurnSteerResult,)),
 }
 
 

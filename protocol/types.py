@@ -233,11 +233,27 @@ class TurnStartParams(Params):
     max_tokens: PositiveInt | None = None
     provider_params: dict[str, Any] | None = None
     idempotency_key: IdempotencyKey | None = None
+    when_busy: Literal["reject", "queue"] = "reject"
 
 
 class TurnInterruptParams(Params):
+    """``when``: "now" cuts the turn short; "boundary" lets the current model call and its
+    tool step finish and be committed, then ends the turn."""
+
     session_id: str
     turn_id: str | None = None
+    when: Literal["now", "boundary"] = "now"
+
+
+class TurnSteerParams(Params):
+    session_id: str
+    expected_turn_id: str
+    prompt: NonEmptyStr
+
+
+class TurnSteerResult(Struct):
+    turn_id: str
+    status: Literal["staged"] = "staged"
 
 
 class SessionIdParams(Params):

@@ -164,6 +164,8 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     running = c.d.request("turn/start", {"session_id": sid, "prompt": "slow", "provider_params": slow})
     c.d.wait_for(lambda: c.d.event_types(sid).count("text_delta") > deltas, what="the slow turn's first delta")
     assert c.call("session/append_system_context", {"session_id": sid, "text": "later", "source": "test"})["status"] == "staged"
+    running_turn = [e for e in c.d.events(sid) if e["event"]["type"] == "turn_started"][-1]["turn_id"]
+    c.call("turn/steer", {"session_id": sid, "expected_turn_id": running_turn, "prompt": "and this"})
     busy = c.error("turn/start", {"session_id": sid, "prompt": "x"})
     assert busy["data"]["code"] == "SESSION_BUSY"
     check("methods/turn.start.result.json", wait_turn(c.d, running), "a turn/start result")
@@ -246,7 +248,7 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     seen = c.check_lines() | t.check_lines()
     expected = {"turn_started", "text_delta", "reasoning_delta", "tool_call_requested", "usage", "turn_completed",
                 "system_context_applied", "retrying", "turn_failed", "tool_execution_started",
-                "tool_execution_completed", "budget_warning", "transcript_changed"}
+                "tool_execution_completed", "budget_warning", "transcript_changed", "steer_applied"}
     assert expected <= seen, f"these events were never emitted, so never checked: {sorted(expected - seen)}"
     assert c.errors_checked >= 6
     missing = set(METHODS) - c.called - t.called

@@ -9,7 +9,7 @@ for every session, and at any later claim for that session.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import anyio
 import msgspec
@@ -53,6 +53,8 @@ from protocol.types import (
     ToolUseBlock,
     TurnInterruptParams,
     TurnStartParams,
+    TurnSteerParams,
+    TurnSteerResult,
     Usage,
 )
 
@@ -113,6 +115,8 @@ class SessionService:
         self._claimed: set[str] = set()  # turn ids this process has claimed, running or about to
         self.accepting = accepting
         self.mcp = mcp
+        self._queues: dict[str, list[object]] = {}  # session_id -> turn/start requests queued, in order
+        self._queue_moved = anyio.Event()  # set (and replaced) whenever a request leaves a queue
         self.edits = TranscriptEditor(store, bus, self._not_while_running)
 
     # ------------------------------------------------------------------ start-up
@@ -254,6 +258,9 @@ class SessionService:
             first = await self.store.read(lambda db: turn_rows.turn_by_key(db, p.session_id, p.idempotency_key))
             if first is not None:
                 return await self._start_again(first, key)
+        if p.when_busy == "queue":
+            return await self._queued(p.session_id, lambda: self.start_turn(
+                msgspec.structs.replace(p, when_busy="reject"), on_claim=on_claim))
         try:
             return await self._run_turn(
                 p.session_id,
@@ -271,6 +278,34 @@ class SessionService:
             first = await self.store.read(lambda db: turn_rows.turn_by_key(db, p.session_id, key[0]))
             assert first is not None
             return await self._start_again(first, key)
+
+    async def _queued(self, session_id: str, start: Callable[[], Awaitable[RunResult]]) -> RunResult:
+        """``when_busy: "queue"``: wait behind the running turn and the turns queued before
+        this one, then run. The queue lives in this daemon: a request queued here that the
+        daemon never ran dies with it (its client got no answer), never runs twice."""
+        queue = self._queues.setdefault(session_id, [])
+        me = object()
+        queue.append(me)
+        try:
+            while True:
+                if queue[0] is not me:
+                    await self._queue_moved.wait()  # the request ahead left the queue
+                    continue
+                try:
+                    return await start()
+                except errors.Busy:
+                    pass  # another daemon's turn, or one that claimed first
+                local = self.turns.get(session_id)
+                if local is not None and not local.done.is_set():
+                    await local.done.wait()
+                else:
+                    await self.bus.watch()  # another daemon's turn ends (or a moment passes)
+        finally:
+            queue.remove(me)
+            if not queue:
+                del self._queues[session_id]
+            moved, self._queue_moved = self._queue_moved, anyio.Event()
+            moved.set()
 
     async def _start_again(self, first: turn_rows.TurnRow, key: tuple[str, str]) -> RunResult:
         if first.params_hash != key[1]:
@@ -332,9 +367,7 @@ class SessionService:
     ) -> RunResult:
         turn_id = new_id()
 
-        async def claim(
-            db: Any,
-        ) -> tuple[sessions.SessionRow, list[Message], list[tuple[str, str | None, str | None]], tuple[int, int]]:
+        async def claim(db: Any) -> tuple[sessions.SessionRow, list[Message], list[staging.Staged], tuple[int, int]]:
             if new_session is not None:
                 await self._insert_session(db, new_session, create_key, turn_id)
             elif turn_key is not None and await turn_rows.turn_by_key(db, session_id, turn_key[0]) is not None:
@@ -371,8 +404,9 @@ class SessionService:
                 new.append(Message(index, "tool", list(blocks), now, new_id(), turn_id))
                 await staging.clear_tool_state(db, session_id)
             applied = await staging.take_staged_system_context(db, session_id)
-            for text, source, key in applied:
-                new.append(Message(index + len(new), "system", [TextBlock(text)], now, new_id(), turn_id, source, key))
+            for s in applied:  # context, and steers that came after the last turn's last boundary
+                new.append(Message(index + len(new), s.role, [TextBlock(s.text)], now, new_id(), turn_id, s.source,  # type: ignore[arg-type]
+                                   s.idempotency_key))
             text = "\n\n".join(t for t in (row.staged_prompt, prompt) if t)
             if text:
                 new.append(Message(index + len(new), "user", [TextBlock(text)], now, new_id(), turn_id))
@@ -483,10 +517,31 @@ class SessionService:
             raise errors.NotRunning(
                 p.session_id, f"Turn {p.turn_id!r} is not running; the running turn is {turn.turn_id!r}"
             )
+        if p.when == "boundary":
+            # the turn ends after its current call's tool step; its turn/start answers then
+            turn.stop_at_boundary = True
+            return InterruptResult(p.session_id, turn.turn_id)
         turn.scope.cancel()
         with anyio.move_on_after(10):
             await turn.done.wait()
         return InterruptResult(p.session_id, turn.turn_id)
+
+    async def steer(self, p: TurnSteerParams) -> TurnSteerResult:
+        """Stage a prompt for the running turn (wherever it runs): it joins as a user message
+        at the turn's next model-call boundary, and the model answers it in this turn."""
+        async def unit(db: Any) -> str:
+            row = await _live_row(db, p.session_id)
+            running = row.running_turn_id if self._running(row.running_turn_id, row.running_owner) else None
+            if running is None or running != p.expected_turn_id:
+                raise errors.NotRunning(
+                    p.session_id,
+                    f"Turn {p.expected_turn_id!r} is not running"
+                    + (f"; the running turn is {running!r}" if running else "; the session is idle"),
+                )
+            await staging.stage_system_context(db, p.session_id, p.prompt, None, None, now_ms(), role="user")
+            return running
+
+        return TurnSteerResult(await self.store.write(unit))
 
     async def interrupt_all(self) -> None:
         """Shutdown: interrupt every running turn and wait until each has committed."""

@@ -24,6 +24,7 @@ from protocol.events import (
     Event,
     ReasoningDelta as ReasoningDeltaEvent,
     Retrying,
+    SteerApplied,
     SystemContextApplied,
     TextDelta as TextDeltaEvent,
     ToolCallRequested,
@@ -79,7 +80,7 @@ class TurnSetup(msgspec.Struct):
     provider_params: dict[str, Any]
     provider_state: dict[str, Any]
     message_count: int
-    applied_context: list[tuple[str, str | None, str | None]] = msgspec.field(default_factory=list)
+    applied_context: list[staging.Staged] = msgspec.field(default_factory=list)
     overlay: ToolOverlay | None = None
     budget: Budget | None = None
     tool_timeout_ms: int = DEFAULT_TOOL_TIMEOUT_MS
@@ -224,6 +225,8 @@ class Turn:
         self.started_at = anyio.current_time()
         self.warned: set[str] = set()
         self.exhausted: BudgetUse | None = None
+        #: ``turn/interrupt`` with ``when: "boundary"``: end after the current call's tool step.
+        self.stop_at_boundary = False
         #: The outcome, once the turn ended: its RunResult, or the error it failed with.
         self.outcome: RunResult | errors.WarrenError | None = None
         self.keep_delta_turns = bus.keep_delta_turns
@@ -328,8 +331,8 @@ class Turn:
         self.toolbox = toolbox = await self._toolbox()
         tools = toolbox.defs()
         await self.emit(TurnStarted(setup.provider, setup.model, [t.name for t in tools]))
-        for _text, source, key in setup.applied_context:
-            await self.emit(SystemContextApplied(source, key))
+        for staged in setup.applied_context:
+            await self.emit(_applied(staged))
         budget = setup.budget or Budget()
         while True:
             output = await self._model_call(tools)
@@ -348,20 +351,30 @@ class Turn:
                 if self.exhausted is not None:
                     stop = "budget_exhausted"
             final = stop != "tool_use" or not toolbox.runnable(calls)
+            # A steer waiting when the model has answered: the turn goes on, with it.
+            steered = final and not calls and stop == "end_turn" and not self.stop_at_boundary and (
+                await self.store.read(lambda db: staging.steer_waiting(db, self.session_id))
+            )
             with anyio.CancelScope(shield=True):
                 refused = [
                     ToolResultBlock(c.tool_use_id, f"Not run: the turn's {self.exhausted.budget} budget is exhausted", True)
                     for c in calls
                 ] if stop == "budget_exhausted" and self.exhausted else []
-                result = await self._commit_call(output, stop if final else None, refused)
+                # steers join only where a user message may stand: not between calls and results
+                result = await self._commit_call(output, stop if final and not steered else None, refused,
+                                                 steer=bool(steered))
                 self.current = None
                 if result is not None:
                     return result
+            if steered:
+                continue
             self.step = StepRunner(calls, toolbox, setup.tool_timeout_ms, self.emit, self._permit)
             results = await self.step.run()
             with anyio.CancelScope(shield=True):
                 await self._commit([self._tool_message(results, self.message_count)])
                 self.step = None
+                if self.stop_at_boundary:
+                    return await self._finish_interrupted("interrupted")
 
     async def _toolbox(self) -> Toolbox:
         """The session's client tools and every tool of its MCP servers, narrowed by the
@@ -482,6 +495,7 @@ class Turn:
         end: tuple[str, StopReason] | None = None,
         pending: list[ToolCall] | None = None,
         last_text: str | None = None,
+        steer: bool = True,
     ) -> RunResult | None:
         """One unit: append ``new`` plus any system context staged meanwhile, add usage,
         store the turn's events, and either keep the turn running or end it
@@ -494,17 +508,21 @@ class Turn:
         """
         sid, turn_id, provider_state = self.session_id, self.turn_id, self.setup.provider_state
         count, turn_usage = self.message_count, self.usage + usage
-        staged_context = await self.store.read(lambda db: staging.staged_system_context(db, sid))
+        staged_context = [
+            s for s in await self.store.read(lambda db: staging.staged_system_context(db, sid))
+            if steer or s.role != "user"
+        ]
         now = now_ms()
         messages = new + [
-            Message(count + len(new) + i, "system", [TextBlock(text)], now, new_id(), turn_id, source, key)
-            for i, (_id, text, source, key) in enumerate(staged_context)
+            Message(count + len(new) + i, s.role, [TextBlock(s.text)], now, new_id(), turn_id, s.source,  # type: ignore[arg-type]
+                    s.idempotency_key)
+            for i, s in enumerate(staged_context)
         ]
         staged: list[Numbered | None] = []
         for event in events:
             staged.append(await self.bus.stage(self.events, event))
-        for _id, _text, source, key in staged_context:
-            staged.append(await self.bus.stage(self.events, SystemContextApplied(source, key)))
+        for s in staged_context:
+            staged.append(await self.bus.stage(self.events, _applied(s)))
         result = None
         if end is not None:
             result = self._result(end[1], pending or [], count + len(messages), turn_usage)
@@ -514,7 +532,7 @@ class Turn:
         keep = self.keep_delta_turns
 
         async def unit(db: Any) -> None:
-            await staging.remove_staged_system_context(db, [c[0] for c in staged_context])
+            await staging.remove_staged_system_context(db, [s.id for s in staged_context])
             await transcripts.append(db, sid, messages)
             await sessions.add_usage(db, sid, usage)
             if pending:
@@ -548,7 +566,7 @@ class Turn:
         return result
 
     async def _commit_call(
-        self, output: CallOutput, stop: StopReason | None, refused: list[ToolResultBlock]
+        self, output: CallOutput, stop: StopReason | None, refused: list[ToolResultBlock], *, steer: bool
     ) -> RunResult | None:
         """Commit a finished model call; with ``stop`` set this also ends the turn."""
         message = self._assistant(output, partial=False)
@@ -567,6 +585,7 @@ class Turn:
             end=None if stop is None else ("completed", stop),
             pending=calls if stop == "tool_use" else [],
             last_text=output.text(),
+            steer=steer,
         )
 
     async def _finish_interrupted(self, stop: StopReason) -> RunResult:
@@ -643,6 +662,13 @@ class Turn:
             pending_tool_calls=pending,
             budget=self.exhausted if stop == "budget_exhausted" else None,
         )
+
+
+def _applied(staged: staging.Staged) -> Event:
+    """The event of a staged message joining the transcript: context, or a steer."""
+    if staged.role == "user":
+        return SteerApplied(staged.text)
+    return SystemContextApplied(staged.source, staged.idempotency_key)
 
 
 def _stop_reason(stop: str | None) -> StopReason:

@@ -281,6 +281,9 @@ class WarrenFrontend:
         async def append_messages(p: t.AppendParams, ctx: RequestContext) -> t.AppendResult:
             return await service().edits.append(p)
 
+        async def steer(p: t.TurnSteerParams, ctx: RequestContext) -> t.TurnSteerResult:
+            return await service().steer(p)
+
         async def mcp_servers(p: t.McpServersParams, ctx: RequestContext) -> t.McpServersResult:
             statuses = await service().mcp_status(p.session_id)
             return t.McpServersResult([msgspec.convert(msgspec.to_builtins(s), t.McpServerInfo) for s in statuses])
@@ -309,6 +312,7 @@ class WarrenFrontend:
             "session/restore": restore,
             "session/append": append_messages,
             "mcp/servers": mcp_servers,
+            "turn/steer": steer,
         }
         missing = set(METHODS) ^ set(handlers)
         if missing:

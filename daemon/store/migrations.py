@@ -248,6 +248,9 @@ MIGRATIONS: list[Migration] = [
     Migration("session_mcp_servers", """
     ALTER TABLE sessions ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]'
     """),
+    Migration("staged_steers", """
+    ALTER TABLE staged_system_context ADD COLUMN role TEXT NOT NULL DEFAULT 'system'
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,7 +3,7 @@ context and the system-context idempotency keys."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from protocol.types import ToolCall
 
@@ -63,34 +63,44 @@ async def remember_system_context_key(db: Any, session_id: str, key: str, text: 
 
 
 async def stage_system_context(
-    db: Any, session_id: str, text: str, source: str | None, key: str | None, now_ms: int
+    db: Any, session_id: str, text: str, source: str | None, key: str | None, now_ms: int, role: str = "system"
 ) -> None:
+    """Stage a message for the running turn's next commit point: system context, or a
+    ``turn/steer`` prompt (``role="user"``)."""
     await db.execute(
-        "INSERT INTO staged_system_context (session_id, text, source, idempotency_key, created_at_ms)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (session_id, text, source, key, now_ms),
+        "INSERT INTO staged_system_context (session_id, text, source, idempotency_key, created_at_ms, role)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (session_id, text, source, key, now_ms, role),
     )
 
 
-async def take_staged_system_context(db: Any, session_id: str) -> list[tuple[str, str | None, str | None]]:
+async def take_staged_system_context(db: Any, session_id: str) -> list[Staged]:
     rows = await db.execute_fetchall(
-        "SELECT text, source, idempotency_key FROM staged_system_context WHERE session_id = ? ORDER BY id",
-        (session_id,),
+        f"SELECT {_STAGED} FROM staged_system_context WHERE session_id = ? ORDER BY id", (session_id,)
     )
     if rows:
         await db.execute("DELETE FROM staged_system_context WHERE session_id = ?", (session_id,))
-    return [(r[0], r[1], r[2]) for r in rows]
+    return [Staged(*r) for r in rows]
 
 
-async def staged_system_context(db: Any, session_id: str) -> list[tuple[int, str, str | None, str | None]]:
-    """``(id, text, source, idempotency_key)`` of the context waiting for the next commit
-    point; the commit removes exactly these ids (``remove_staged_system_context``), so a
-    text staged meanwhile waits for the one after."""
+class Staged(NamedTuple):
+    id: int
+    text: str
+    source: str | None
+    idempotency_key: str | None
+    role: str  # "system": context; "user": a turn/steer prompt
+
+
+_STAGED = "id, text, source, idempotency_key, role"
+
+
+async def staged_system_context(db: Any, session_id: str) -> list[Staged]:
+    """What waits for the next commit point; the commit removes exactly these ids
+    (``remove_staged_system_context``), so a text staged meanwhile waits for the one after."""
     rows = await db.execute_fetchall(
-        "SELECT id, text, source, idempotency_key FROM staged_system_context WHERE session_id = ? ORDER BY id",
-        (session_id,),
+        f"SELECT {_STAGED} FROM staged_system_context WHERE session_id = ? ORDER BY id", (session_id,)
     )
-    return [(r[0], r[1], r[2], r[3]) for r in rows]
+    return [Staged(*r) for r in rows]
 
 
 async def remove_staged_system_context(db: Any, ids: list[int]) -> None:
@@ -126,3 +136,10 @@ async def remember_append_op(db: Any, session_id: str, operation_id: str, params
         "INSERT INTO append_ops (session_id, operation_id, params_hash, result) VALUES (?, ?, ?, ?)",
         (session_id, operation_id, params_hash, result),
     )
+
+
+async def steer_waiting(db: Any, session_id: str) -> bool:
+    rows = await db.execute_fetchall(
+        "SELECT 1 FROM staged_system_context WHERE session_id = ? AND role = 'user' LIMIT 1", (session_id,)
+    )
+    return bool(rows)

@@ -1,0 +1,144 @@
+"""Agent capabilities through the daemon (PROTOCOL.md section 12): queued turns, steering a
+running turn, and stopping at a boundary."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from tests.daemon_client import Daemon, script
+
+Spawn = Callable[..., Daemon]
+SLOW = {"text": "s" * 30, "chunk_chars": 1, "delay_ms": 20}
+TOOLS = [{"name": "t", "input_schema": {"type": "object"}}]
+
+
+def deferred(d: Daemon, *steps: dict[str, Any], **params: Any) -> str:
+    return d.call("session/create", {"initial_turn": "defer", "provider": "scripted",
+                                     "provider_params": script(*steps), **params})["session_id"]
+
+
+def running_turn(d: Daemon, sid: str) -> str:
+    return d.wait_for(lambda: next((e["turn_id"] for e in reversed(d.events(sid))
+                                    if e["event"]["type"] == "turn_started"), None), what="a running turn")
+
+
+def roles(d: Daemon, sid: str) -> list[str]:
+    return [m["role"] for m in d.call("session/history", {"session_id": sid})["messages"]]
+
+
+# ---------------------------------------------------------------- queue
+
+
+def test_queued_turns_run_in_order_each_with_its_own_result(daemon: Daemon) -> None:
+    sid = deferred(daemon, SLOW, {"text": "second"}, {"text": "third"})
+    first = daemon.request("turn/start", {"session_id": sid, "prompt": "one"})
+    running_turn(daemon, sid)
+    second = daemon.request("turn/start", {"session_id": sid, "prompt": "two", "when_busy": "queue"})
+    third = daemon.request("turn/start", {"session_id": sid, "prompt": "three", "when_busy": "queue"})
+    results = [daemon.response(i)["result"] for i in (first, second, third)]
+    assert [r["text"] for r in results] == ["s" * 30, "second", "third"]
+    assert len({r["turn_id"] for r in results}) == 3
+    assert roles(daemon, sid) == ["user", "assistant"] * 3
+    ends = [e for e in daemon.events(sid) if e["event"]["type"] == "turn_completed"]
+    assert [e["turn_id"] for e in ends] == [r["turn_id"] for r in results]
+
+
+def test_without_queue_a_busy_session_is_refused(daemon: Daemon) -> None:
+    sid = deferred(daemon, SLOW)
+    daemon.request("turn/start", {"session_id": sid, "prompt": "one"})
+    running_turn(daemon, sid)
+    assert daemon.error("turn/start", {"session_id": sid, "prompt": "two"})["data"]["code"] == "SESSION_BUSY"
+    bad = daemon.error("turn/start", {"session_id": sid, "prompt": "two", "when_busy": "later"})
+    assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.when_busy"
+
+
+def test_a_turn_queued_on_another_daemon_runs_after_the_running_one(spawn: Spawn) -> None:
+    a, b = spawn(), spawn()
+    sid = deferred(a, SLOW, {"text": "after"})
+    first = a.request("turn/start", {"session_id": sid, "prompt": "one"})
+    running_turn(a, sid)
+    queued = b.call("turn/start", {"session_id": sid, "prompt": "two", "when_busy": "queue"}, timeout=20)
+    assert a.response(first)["result"]["stop_reason"] == "end_turn"
+    assert queued["text"] == "after" and queued["stop_reason"] == "end_turn"
+    assert roles(b, sid) == ["user", "assistant", "user", "assistant"]
+
+
+# ---------------------------------------------------------------- steer
+
+
+def test_a_steer_joins_the_running_turn_and_is_answered_in_it(daemon: Daemon) -> None:
+    sid = deferred(daemon, SLOW, {"text": "steered answer"})
+    request = daemon.request("turn/start", {"session_id": sid, "prompt": "task"})
+    turn_id = running_turn(daemon, sid)
+    staged = daemon.call("turn/steer", {"session_id": sid, "expected_turn_id": turn_id, "prompt": "also X"})
+    assert staged == {"turn_id": turn_id, "status": "staged"}
+    result = daemon.response(request)["result"]
+    assert result["text"] == "steered answer" and result["turn_id"] == turn_id
+    history = daemon.call("session/history", {"session_id": sid})["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[2]["content"] == [{"type": "text", "text": "also X"}] and history[2]["turn_id"] == turn_id
+    kinds = [e["event"]["type"] for e in daemon.events(sid)]
+    assert kinds.count("steer_applied") == 1 and kinds.index("steer_applied") < kinds.index("turn_completed")
+    applied = next(e for e in daemon.events(sid) if e["event"]["type"] == "steer_applied")
+    assert applied["event"] == {"type": "steer_applied", "text": "also X"} and applied["turn_id"] == turn_id
+
+
+def test_a_steer_waits_for_the_tool_results(spawn: Spawn) -> None:
+    d = spawn()
+    d.call("initialize", {"capabilities": {"tool_execute": True}})
+    sid = deferred(d, {"tool_calls": [{"name": "t", "arguments": {}}]}, {"text": "done"}, tools=TOOLS)
+    request = d.request("turn/start", {"session_id": sid, "prompt": "use the tool"})
+    call = d.wait_tool_requests(1)[0]
+    turn_id = call["params"]["turn_id"]
+    d.call("turn/steer", {"session_id": sid, "expected_turn_id": turn_id, "prompt": "and then Y"})
+    time.sleep(0.1)
+    d.reply(call["id"], {"content": "ok", "is_error": False})
+    assert d.response(request)["result"]["text"] == "done"
+    assert roles(d, sid) == ["user", "assistant", "tool", "user", "assistant"]
+
+
+def test_a_steer_for_another_turn_or_an_idle_session_is_refused(daemon: Daemon) -> None:
+    sid = deferred(daemon, SLOW)
+    idle = daemon.error("turn/steer", {"session_id": sid, "expected_turn_id": "t-1", "prompt": "x"})
+    assert idle["code"] == -32003 and idle["data"]["code"] == "SESSION_NOT_RUNNING"
+    daemon.request("turn/start", {"session_id": sid, "prompt": "one"})
+    running_turn(daemon, sid)
+    stale = daemon.error("turn/steer", {"session_id": sid, "expected_turn_id": "t-1", "prompt": "x"})
+    assert stale["data"]["code"] == "SESSION_NOT_RUNNING"
+    assert daemon.error("turn/steer", {"session_id": "nope", "expected_turn_id": "t", "prompt": "x"})["code"] == -32001
+    empty = daemon.error("turn/steer", {"session_id": sid, "expected_turn_id": "t", "prompt": ""})
+    assert empty["code"] == -32602 and empty["data"]["errors"][0]["path"] == "$.prompt"
+
+
+# ---------------------------------------------------------------- boundary
+
+
+def test_interrupt_at_a_boundary_finishes_the_tool_step_then_ends(spawn: Spawn) -> None:
+    d = spawn()
+    d.call("initialize", {"capabilities": {"tool_execute": True}})
+    sid = deferred(d, {"text": "calling", "tool_calls": [{"name": "t", "arguments": {}}]}, {"text": "never said"},
+                   tools=TOOLS)
+    request = d.request("turn/start", {"session_id": sid, "prompt": "go"})
+    call = d.wait_tool_requests(1)[0]
+    answer = d.call("turn/interrupt", {"session_id": sid, "when": "boundary"})
+    assert answer["interrupted"] is True and answer["turn_id"] == call["params"]["turn_id"]
+    d.reply(call["id"], {"content": "tool output", "is_error": False})
+    result = d.response(request)["result"]
+    assert result["stop_reason"] == "interrupted" and result["text"] == "calling"
+    history = d.call("session/history", {"session_id": sid})["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "tool"]
+    assert history[2]["content"][0]["content"] == "tool output" and not history[2]["content"][0]["is_error"]
+    # the next model call was never made: the next turn gets the script's next step
+    assert d.call("turn/start", {"session_id": sid, "prompt": "again"})["text"] == "never said"
+
+
+def test_interrupt_at_a_boundary_lets_a_final_answer_end_the_turn(daemon: Daemon) -> None:
+    sid = deferred(daemon, SLOW)
+    request = daemon.request("turn/start", {"session_id": sid, "prompt": "go"})
+    running_turn(daemon, sid)
+    daemon.call("turn/interrupt", {"session_id": sid, "when": "boundary"})
+    result = daemon.response(request)["result"]
+    assert result["stop_reason"] == "end_turn" and result["text"] == "s" * 30
+    bad = daemon.error("turn/interrupt", {"session_id": sid, "when": "soon"})
+    assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.when"
