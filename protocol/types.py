@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from . import MAX_PAGE_SIZE
 
@@ -210,6 +210,8 @@ class SessionCreateParams(Params):
     tool_timeout_ms: PositiveInt | None = None
     idempotency_key: IdempotencyKey | None = None
     mcp_servers: list[McpServerInput] = []
+    output_schema: dict[str, Any] | None = None
+    structured_output_retries: Annotated[int, Meta(ge=0, le=10)] = 2
 
 
 class SetToolsParams(Params):
@@ -234,6 +236,8 @@ class TurnStartParams(Params):
     provider_params: dict[str, Any] | None = None
     idempotency_key: IdempotencyKey | None = None
     when_busy: Literal["reject", "queue"] = "reject"
+    output_schema: dict[str, Any] | None = None
+    structured_output_retries: Annotated[int, Meta(ge=0, le=10)] | None = None
 
 
 class TurnInterruptParams(Params):
@@ -297,6 +301,14 @@ class BudgetUse(Struct):
     limit: int
 
 
+class StructuredOutputError(Struct):
+    """The final answer never matched ``output_schema``: how many answers were tried, and
+    what was wrong with the last one."""
+
+    attempts: int
+    errors: list[str]
+
+
 class RunResult(Struct, omit_defaults=True):
     session_id: str
     turn_id: str
@@ -307,6 +319,9 @@ class RunResult(Struct, omit_defaults=True):
     message_count: int
     pending_tool_calls: list[ToolCall]
     budget: BudgetUse | None = None  # the budget that ran out, with stop_reason budget_exhausted
+    #: With ``output_schema``: the parsed answer (any JSON value), or why there is none.
+    structured_output: Any | UnsetType = UNSET
+    structured_output_error: StructuredOutputError | None = None
 
 
 class DeferredCreateResult(Struct):

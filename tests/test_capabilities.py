@@ -1,12 +1,16 @@
 """Agent capabilities through the daemon (PROTOCOL.md section 12): queued turns, steering a
-running turn, and stopping at a boundary."""
+running turn, stopping at a boundary, and structured output (on the scripted provider and
+against the fake HTTP servers, whose requests are asserted)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from tests.daemon_client import Daemon, script
+from tests.fakes.llm_server import FakeLLMServer, anthropic_stream, openai_stream, tool_use_block
+from tests.test_providers_daemon import claude_section, openai_section, write_config
 
 Spawn = Callable[..., Daemon]
 SLOW = {"text": "s" * 30, "chunk_chars": 1, "delay_ms": 20}
@@ -142,3 +146,63 @@ def test_interrupt_at_a_boundary_lets_a_final_answer_end_the_turn(daemon: Daemon
     assert result["stop_reason"] == "end_turn" and result["text"] == "s" * 30
     bad = daemon.error("turn/interrupt", {"session_id": sid, "when": "soon"})
     assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.when"
+
+
+# ---------------------------------------------------------------- structured output
+
+SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"],
+          "additionalProperties": False}
+
+
+def test_structured_output_is_validated_and_retried(daemon: Daemon) -> None:
+    r = daemon.call("session/create", {
+        "prompt": "a commit message", "provider": "scripted", "output_schema": SCHEMA,
+        "provider_params": script({"text": "not json"}, {"text": '{"title": 5}'}, {"text": '{"title": "Fix the bug"}'}),
+    })
+    assert r["structured_output"] == {"title": "Fix the bug"} and "structured_output_error" not in r
+    messages = daemon.call("session/history", {"session_id": r["session_id"]})["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+    assert "does not match the required JSON schema" in messages[2]["content"][0]["text"]
+    assert "5 is not of type 'string' (at $.title)" in messages[4]["content"][0]["text"]
+
+
+def test_structured_output_error_after_the_retries(daemon: Daemon) -> None:
+    sid = deferred(daemon, {"text": "nope"}, {"text": "still nope"}, output_schema=SCHEMA,
+                   structured_output_retries=1)
+    r = daemon.call("turn/start", {"session_id": sid, "prompt": "go"})
+    assert "structured_output" not in r
+    assert r["structured_output_error"]["attempts"] == 2
+    assert r["structured_output_error"]["errors"][0].startswith("the answer is not JSON")
+    # a turn's own schema replaces the session's, for that turn
+    r = daemon.call("turn/start", {"session_id": sid, "prompt": "a list", "output_schema": {"type": "array"},
+                                   "provider_params": script({"text": "[1, 2]"})})
+    assert r["structured_output"] == [1, 2]
+
+
+def test_a_schema_that_is_not_json_schema_is_refused_and_nothing_is_written(daemon: Daemon) -> None:
+    bad = daemon.error("session/create", {"prompt": "x", "provider": "scripted", "output_schema": {"type": "nonsense"}})
+    assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.output_schema.type"
+    assert daemon.call("session/list")["sessions"] == []
+    sid = deferred(daemon)
+    bad = daemon.error("turn/start", {"session_id": sid, "prompt": "x", "output_schema": {"minLength": -1}})
+    assert bad["data"]["errors"][0]["path"] == "$.output_schema.minLength"
+    assert daemon.call("session/history", {"session_id": sid})["message_count"] == 0
+
+
+def test_structured_output_uses_the_providers_native_modes(spawn: Spawn, server: FakeLLMServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, openai_section(server, "oai", extra='default_model = "m"') + claude_section(server))
+    d = spawn("--config", str(config), env={"WARREN_TEST_CLAUDE_KEY": "sk-ant-test-structured-0000"})
+    server.enqueue(openai_stream('{"title": "from openai"}'))
+    r = d.call("session/create", {"prompt": "p", "provider": "oai", "output_schema": SCHEMA})
+    assert r["structured_output"] == {"title": "from openai"}
+    assert server.last.json["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "structured_output", "schema": SCHEMA}}
+    server.enqueue(anthropic_stream(tool_use_block("toolu_1", "structured_output", {"title": "from claude"})))
+    r = d.call("session/create", {"prompt": "p", "provider": "claude", "output_schema": SCHEMA})
+    body = server.last.json
+    assert body["tool_choice"] == {"type": "tool", "name": "structured_output"}
+    assert body["tools"][-1]["name"] == "structured_output" and body["tools"][-1]["input_schema"] == SCHEMA
+    assert r["structured_output"] == {"title": "from claude"} and r["pending_tool_calls"] == [] and r["tool_calls"] == []
+    # the answer is kept as text, so the transcript has no unanswered tool call
+    last = d.call("session/history", {"session_id": r["session_id"]})["messages"][-1]
+    assert last["content"] == [{"type": "text", "text": '{"title":"from claude"}'}]

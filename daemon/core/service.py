@@ -62,6 +62,7 @@ from .. import errors
 from ..store import sessions, staging, transcripts, turns as turn_rows
 from ..clock import new_id, now_ms
 from ..store import events as event_rows
+from . import structured
 from .edits import TranscriptEditor
 from .events import EventBus, Numbered, Sink
 from ..providers import ProviderRegistry
@@ -181,6 +182,7 @@ class SessionService:
             raise errors.InvalidRequest.at("$.prompt", 'required unless initial_turn is "defer"')
         check_tool_defs(p.tools)
         check_mcp_servers(p.mcp_servers)
+        structured.check_schema(p.output_schema)
         provider, model = self.providers.resolve(p.provider, p.model)
         self.providers.check_params(provider, p.provider_params, "$.provider_params")
         now = now_ms()
@@ -208,6 +210,8 @@ class SessionService:
             tool_timeout_ms=p.tool_timeout_ms or DEFAULT_TOOL_TIMEOUT_MS,
             cwd=cwd,
             mcp_servers=list(p.mcp_servers),
+            output_schema=p.output_schema,
+            structured_output_retries=p.structured_output_retries,
         )
         key = None
         if p.idempotency_key is not None:
@@ -258,6 +262,7 @@ class SessionService:
             first = await self.store.read(lambda db: turn_rows.turn_by_key(db, p.session_id, p.idempotency_key))
             if first is not None:
                 return await self._start_again(first, key)
+        structured.check_schema(p.output_schema)
         if p.when_busy == "queue":
             return await self._queued(p.session_id, lambda: self.start_turn(
                 msgspec.structs.replace(p, when_busy="reject"), on_claim=on_claim))
@@ -272,6 +277,8 @@ class SessionService:
                 overlay=p.turn_tool_overlay,
                 turn_key=key,
                 on_claim=on_claim,
+                output_schema=p.output_schema,
+                structured_output_retries=p.structured_output_retries,
             )
         except _KeyTaken:
             assert key is not None
@@ -364,6 +371,8 @@ class SessionService:
         create_key: tuple[str, str] | None = None,
         turn_key: tuple[str, str] | None = None,
         on_claim: Callable[[anyio.CancelScope], None] | None = None,
+        output_schema: dict[str, Any] | None = None,
+        structured_output_retries: int | None = None,
     ) -> RunResult:
         turn_id = new_id()
 
@@ -456,6 +465,10 @@ class SessionService:
             budget=row.budget,
             tool_timeout_ms=row.tool_timeout_ms,
             mcp_servers=self._mcp_servers(row),
+            output_schema=output_schema if output_schema is not None else row.output_schema,
+            structured_output_retries=(
+                structured_output_retries if structured_output_retries is not None else row.structured_output_retries
+            ),
         )
         events = self.bus.open_turn(session_id, turn_id, first_seq, reserved, self.sink)
         turn = self.turns[session_id] = Turn(

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import anyio
 import anyio.lowlevel
 import msgspec
+from msgspec import UNSET
 
 from protocol.events import (
     BudgetWarning,
@@ -43,6 +44,7 @@ from protocol.types import (
     ReasoningBlock,
     RunResult,
     StopReason,
+    StructuredOutputError,
     TextBlock,
     ToolCall,
     ToolDef,
@@ -58,7 +60,9 @@ from ..clock import new_id, now_ms
 from ..store import events as event_rows
 from .events import EventBus, Numbered, TurnLog
 from ..providers import ProviderRegistry, base
+from ..providers.base import STRUCTURED_OUTPUT
 from ..store import Store
+from . import structured
 from .tools import ClientChannel, ClientSource, McpManagerLike, McpSource, StepRunner, Toolbox, offered
 from ..logs import get_logger
 
@@ -85,6 +89,8 @@ class TurnSetup(msgspec.Struct):
     budget: Budget | None = None
     tool_timeout_ms: int = DEFAULT_TOOL_TIMEOUT_MS
     mcp_servers: list[McpServerInput] = msgspec.field(default_factory=list)  # the config's and the session's
+    output_schema: dict[str, Any] | None = None
+    structured_output_retries: int = 2
 
 
 class _Block(msgspec.Struct):
@@ -159,6 +165,16 @@ class CallOutput:
     def text(self) -> str:
         return "".join("".join(b.parts) for i, b in sorted(self.blocks.items()) if b.kind == "text")
 
+    def take_tool(self, name: str) -> dict[str, Any] | None:
+        """Turn the call of tool ``name`` into text (its arguments as JSON) and return the
+        arguments: how a forced answer tool's input becomes the answer."""
+        for block in self.blocks.values():
+            if block.kind == "tool_use" and block.tool_name == name:
+                arguments = _arguments(block.parts)
+                block.kind, block.parts = "text", [msgspec.json.encode(arguments).decode()]
+                return arguments
+        return None
+
     def tool_calls(self) -> list[ToolCall]:
         return [
             ToolCall(b.tool_id, b.tool_name, _arguments(b.parts))
@@ -227,6 +243,9 @@ class Turn:
         self.exhausted: BudgetUse | None = None
         #: ``turn/interrupt`` with ``when: "boundary"``: end after the current call's tool step.
         self.stop_at_boundary = False
+        self.answers = 0  # final answers checked against ``output_schema``
+        self.structured: Any = UNSET
+        self.structured_error: StructuredOutputError | None = None
         #: The outcome, once the turn ended: its RunResult, or the error it failed with.
         self.outcome: RunResult | errors.WarrenError | None = None
         self.keep_delta_turns = bus.keep_delta_turns
@@ -336,6 +355,8 @@ class Turn:
         budget = setup.budget or Budget()
         while True:
             output = await self._model_call(tools)
+            if setup.output_schema is not None:
+                output.take_tool(STRUCTURED_OUTPUT)  # a forced tool's input is the answer's text
             calls = output.tool_calls()
             stop: StopReason = "tool_use" if calls else _stop_reason(output.stop)
             tokens = (self.usage + (output.usage or Usage.zero())).total_tokens
@@ -351,6 +372,14 @@ class Turn:
                 if self.exhausted is not None:
                     stop = "budget_exhausted"
             final = stop != "tool_use" or not toolbox.runnable(calls)
+            again = self._check_answer(output) if final and stop == "end_turn" else None
+            if again is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._commit_call(output, None, [], steer=False)
+                    self.current = None
+                    await self._commit([Message(self.message_count, "user", [TextBlock(again)], now_ms(), new_id(),
+                                                self.turn_id)], steer=False)
+                continue
             # A steer waiting when the model has answered: the turn goes on, with it.
             steered = final and not calls and stop == "end_turn" and not self.stop_at_boundary and (
                 await self.store.read(lambda db: staging.steer_waiting(db, self.session_id))
@@ -375,6 +404,23 @@ class Turn:
                 self.step = None
                 if self.stop_at_boundary:
                     return await self._finish_interrupted("interrupted")
+
+    def _check_answer(self, output: CallOutput) -> str | None:
+        """With ``output_schema``: check a final answer. Returns the correction to send
+        when another try is due; otherwise records the value or the failure."""
+        schema = self.setup.output_schema
+        if schema is None:
+            return None
+        self.answers += 1
+        value, problems = structured.parse(output.text(), schema)
+        if not problems:
+            self.structured, self.structured_error = value, None
+            return None
+        if self.answers <= self.setup.structured_output_retries:
+            self.log.info("structured_output_retry", attempt=self.answers, problems=len(problems))
+            return structured.correction(problems)
+        self.structured_error = StructuredOutputError(self.answers, problems)
+        return None
 
     async def _toolbox(self) -> Toolbox:
         """The session's client tools and every tool of its MCP servers, narrowed by the
@@ -421,6 +467,7 @@ class Turn:
     async def _model_call(self, tools: list[ToolDef]) -> CallOutput:
         s = self.setup
         request = base.ModelRequest(
+            output_schema=s.output_schema,
             model=s.model,
             system=s.system,
             messages=self.history,
@@ -661,6 +708,8 @@ class Turn:
             message_count=message_count,
             pending_tool_calls=pending,
             budget=self.exhausted if stop == "budget_exhausted" else None,
+            structured_output=self.structured,
+            structured_output_error=self.structured_error,
         )
 
 

@@ -20,6 +20,7 @@ import msgspec
 
 from daemon.config import fallback_model
 from daemon.providers.base import (
+    STRUCTURED_OUTPUT,
     Delta,
     ModelRequest,
     ModelStopReason,
@@ -81,6 +82,14 @@ class AnthropicProvider(HTTPProvider):
                 entry["input_schema"] = tool.input_schema
                 tools.append(entry)
             body["tools"] = tools
+        if request.output_schema is not None and request.output_schema.get("type") == "object":
+            # Anthropic's way to a schema-shaped answer: a tool it must call.
+            body.setdefault("tools", []).append({
+                "name": STRUCTURED_OUTPUT,
+                "description": "Give your final answer by calling this tool, as its input.",
+                "input_schema": request.output_schema,
+            })
+            body["tool_choice"] = {"type": "tool", "name": STRUCTURED_OUTPUT}
         body["stream"] = True
         for key, value in request.provider_params.items():
             if key not in RESERVED_PARAMS:

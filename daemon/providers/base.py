@@ -20,6 +20,10 @@ from protocol.types import Message, ToolDef, Usage
 ModelStopReason = Literal["end_turn", "max_tokens", "tool_use", "refusal"]
 
 
+#: The tool a provider without a JSON-schema mode is made to call with its final answer.
+STRUCTURED_OUTPUT = "structured_output"
+
+
 class ModelRequest(msgspec.Struct):
     """Everything one model call needs. ``messages`` is the session's history in order,
     including ``system`` messages appended by ``session/append_system_context``; ``system``
@@ -34,6 +38,8 @@ class ModelRequest(msgspec.Struct):
     #: Provider-private state persisted with the session after each model call (the
     #: scripted provider keeps its script position here). Mutate it in place.
     state: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: Answer with JSON matching this schema (the provider's native mode where it has one).
+    output_schema: dict[str, Any] | None = None
 
 
 class TextDelta(msgspec.Struct, frozen=True):

@@ -37,6 +37,7 @@ import msgspec
 
 from daemon.config import fallback_model
 from daemon.providers.base import (
+    STRUCTURED_OUTPUT,
     Delta,
     ModelRequest,
     ModelStopReason,
@@ -108,6 +109,11 @@ class OpenAIProvider(HTTPProvider):
                 function["parameters"] = tool.input_schema
                 tools.append({"type": "function", "function": function})
             body["tools"] = tools
+        if request.output_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": STRUCTURED_OUTPUT, "schema": request.output_schema},
+            }
         if request.max_tokens:
             key = "max_completion_tokens" if self.uses_max_completion_tokens() else "max_tokens"
             body[key] = request.max_tokens

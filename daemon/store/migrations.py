@@ -251,6 +251,10 @@ MIGRATIONS: list[Migration] = [
     Migration("staged_steers", """
     ALTER TABLE staged_system_context ADD COLUMN role TEXT NOT NULL DEFAULT 'system'
     """),
+    Migration("structured_output", """
+    ALTER TABLE sessions ADD COLUMN output_schema TEXT;
+    ALTER TABLE sessions ADD COLUMN structured_output_retries INTEGER NOT NULL DEFAULT 2
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

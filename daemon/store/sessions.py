@@ -45,6 +45,8 @@ class SessionRow(msgspec.Struct):
     cwd: str | None = None  # the working directory an ACP editor gave
     title: str | None = None  # from the first ACP prompt
     mcp_servers: list[McpServerInput] = []
+    output_schema: dict[str, Any] | None = None  # every turn's, unless turn/start gives one
+    structured_output_retries: int = 2
 
 
 _SESSION_COLUMNS = """
@@ -52,7 +54,8 @@ _SESSION_COLUMNS = """
     s.max_tokens, s.labels, s.archived, s.message_count, s.input_tokens, s.output_tokens,
     s.cache_read_tokens, s.cache_write_tokens, s.last_assistant_text, s.budget,
     s.provider_params, s.provider_state, s.staged_prompt, s.tools, s.next_seq,
-    t.turn_id, t.owner, s.tool_timeout_ms, s.pieces, s.forked_from, s.cwd, s.title, s.mcp_servers
+    t.turn_id, t.owner, s.tool_timeout_ms, s.pieces, s.forked_from, s.cwd, s.title, s.mcp_servers,
+    s.output_schema, s.structured_output_retries
 """
 _SESSION_FROM = "sessions s LEFT JOIN turns t ON t.session_id = s.session_id AND t.status = 'running'"
 
@@ -89,6 +92,8 @@ def _session(row: Any) -> SessionRow:
         cwd=row[26],
         title=row[27],
         mcp_servers=_mcp.decode(row[28]),
+        output_schema=ANY.decode(row[29]) if row[29] else None,
+        structured_output_retries=row[30],
     )
 
 
@@ -103,8 +108,9 @@ async def insert_session(db: Any, row: SessionRow) -> None:
     await db.execute(
         """INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, provider, model,
                system_prompt, max_tokens, labels, budget, provider_params, provider_state,
-               staged_prompt, tools, next_seq, tool_timeout_ms, pieces, forked_from, cwd, title, mcp_servers)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               staged_prompt, tools, next_seq, tool_timeout_ms, pieces, forked_from, cwd, title, mcp_servers,
+               output_schema, structured_output_retries)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             row.session_id,
             row.created_at_ms,
@@ -126,6 +132,8 @@ async def insert_session(db: Any, row: SessionRow) -> None:
             row.cwd,
             row.title,
             dumps(row.mcp_servers),
+            dumps(row.output_schema) if row.output_schema is not None else None,
+            row.structured_output_retries,
         ),
     )
     if row.labels:
