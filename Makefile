@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_DIR := tests/acp_ts
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 .PHONY: run test schemas bench clean
 
@@ -14,11 +16,21 @@ $(STAMP): pyproject.toml
 	@$(PY) -m compileall -q daemon protocol 1>&2
 	@touch $(STAMP)
 
+# The official ACP TypeScript SDK for tests/test_acp_ts_sdk.py, pinned by tests/acp_ts's
+# package-lock.json. Without npm this is skipped (those tests then skip, saying why); the stamp
+# is written only after a successful install, so a later run with npm installs.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(NODE_DIR) --no-audit --no-fund 1>&2 && touch $@; \
+	else \
+		echo "npm not found: not installing $(NODE_DIR) (the TypeScript SDK tests will skip)" 1>&2; \
+	fi
+
 run: $(STAMP)
 	@$(PY) -m compileall -q daemon protocol 1>&2
 	@$(PY) -m daemon serve $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q -n 2 -m "not live" $(PYTEST_ARGS)
 
 schemas: $(STAMP)
@@ -28,4 +40,4 @@ bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(NODE_DIR)/node_modules

@@ -1,6 +1,6 @@
 """``python -m bench [--json PATH] [--only KEY ...] [--profile DIR]``
 
-Runs the twelve measurements of the benchmark in order, printing each table as it completes.
+Runs the thirteen measurements of the benchmark in order, printing each table as it completes.
 A section that cannot be measured (the daemon crashed or answered wrongly) is reported
 and the others still run; only then is the exit status non-zero. Slow numbers never fail.
 """
@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import coldstart, events, memory, paging, providers, report, throughput, tools, transcripts
+from . import acp_mcp, coldstart, events, memory, paging, providers, report, throughput, tools, transcripts
 from .client import Daemon
 from .results import Section
 
@@ -39,6 +39,9 @@ SECTIONS: dict[str, str] = {
     "transcripts": "Transcript edits and pages on a 100,000-message vs. a 10-message session: fork, rewrite, "
                    "append, restore, history of a fork and of a rewritten session "
                    "(targets: 100k < 5 ms and <= 2x the 10-message figure)",
+    "acp_mcp": "warren acp and MCP tool sources: acp cold start beside serve's, time to the first "
+               "agent_message_chunk, MCP tool round trip beyond the server's own time (target median < 2 ms), "
+               "daemon RSS with one MCP server",
 }
 
 
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "coldstart": coldstart.run, "roundtrip": throughput.run_round_trips, "deltas": throughput.run_deltas,
         "memory": memory.run, "providers": providers.run, "tools": tools.run,
         "replay": events.run_replay, "cross_daemon": events.run_cross_daemon, "paused_rss": events.run_paused,
-        "transcripts": transcripts.run,
+        "transcripts": transcripts.run, "acp_mcp": acp_mcp.run,
     }
     for key in SECTIONS:
         if key == "history" and ("history" in wanted or "list" in wanted):
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     report.print_summary(ran)
     other_share = report.print_interference(cpu_start, report.cpu_snapshot(), total)
     if Daemon.hung_exits:
-        print(f"  {len(Daemon.hung_exits)} daemon(s) did not exit within 10 s of end of input and were killed: "
+        print(f"  {len(Daemon.hung_exits)} process(es) did not exit within 10 s of end of input and were killed: "
               + ", ".join(Daemon.hung_exits))
     print(f"Total {total:.1f} s")
     if args.json is not None:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Self
 
 import msgspec
 
@@ -36,11 +36,16 @@ class _Event(msgspec.Struct):
     type: str
 
 
+class _Update(msgspec.Struct):
+    kind: str = msgspec.field(name="sessionUpdate")
+
+
 class _Params(msgspec.Struct):
     event: _Event | None = None
     seq: int = 0
     seq_first: int | None = None  # a slow client's merged deltas: seq_first..seq (PROTOCOL.md §8)
     replay: bool = False
+    update: _Update | None = None  # ACP's ``session/update`` (``warren acp``)
 
 
 class Incoming(msgspec.Struct):
@@ -56,6 +61,13 @@ class Incoming(msgspec.Struct):
     def event_type(self) -> str | None:
         if self.params is not None and self.params.event is not None:
             return self.params.event.type
+        return None
+
+    @property
+    def update_kind(self) -> str | None:
+        """ACP: the ``sessionUpdate`` of a ``session/update`` notification."""
+        if self.params is not None and self.params.update is not None:
+            return self.params.update.kind
         return None
 
     @property
@@ -84,29 +96,36 @@ def encode_request(id_: int, method: str, params: Any | None = None) -> bytes:
     return _encode(msg) + b"\n"
 
 
-def daemon_command(*args: str, python_flags: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, *python_flags, "-m", "daemon", "serve", *args]
+def daemon_command(*args: str, python_flags: tuple[str, ...] = (), command: str = "serve") -> list[str]:
+    """``command``: the front-end, ``serve`` (Warren's protocol) or ``acp``."""
+    return [sys.executable, *python_flags, "-m", "daemon", command, *args]
 
 
-class Daemon:
-    """The daemon as a subprocess, with a line reader over its stdout."""
+def proc_status(pid: int) -> dict[str, str]:
+    """``/proc/<pid>/status`` as a dict (VmRSS, VmHWM, ...)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
 
-    hung_exits: list[str] = []  # daemons that ignored end of input and had to be killed
-    profile_dir: Path | None = None  # when set, every daemon runs under cProfile (``--profile``)
-    _profiles = 0
+
+class LineProcess:
+    """A subprocess speaking newline-delimited JSON-RPC on stdin/stdout, with a line reader
+    over its stdout: the daemon, or any other peer the benchmark talks to directly (such as
+    an MCP server, to time it without the daemon)."""
+
+    hung_exits: list[str] = []  # processes that ignored end of input and had to be killed
 
     def __init__(
         self,
-        *args: str,
-        python_flags: tuple[str, ...] = (),
+        argv: list[str],
+        *,
         stderr: Any = subprocess.DEVNULL,
         env: dict[str, str | None] | None = None,
+        name: str = "",
     ) -> None:
         """``env`` overrides the inherited environment; a ``None`` value removes a variable."""
-        if Daemon.profile_dir is not None and not python_flags:
-            Daemon._profiles += 1
-            out = Daemon.profile_dir / f"{Daemon._profiles:03d}-{'-'.join(a.strip('-') for a in args[:1])}.prof"
-            python_flags = ("-m", "cProfile", "-o", str(out))
         full_env = dict(os.environ)
         for key, value in (env or {}).items():
             if value is None:
@@ -114,7 +133,7 @@ class Daemon:
             else:
                 full_env[key] = value
         self.proc = subprocess.Popen(
-            daemon_command(*args, python_flags=python_flags),
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -123,7 +142,7 @@ class Daemon:
             bufsize=0,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.args = args
+        self.name = name or " ".join(argv[1:])
         self.pid = self.proc.pid
         self._in = self.proc.stdin.fileno()
         self._out = self.proc.stdout.fileno()
@@ -142,13 +161,13 @@ class Daemon:
     def _fill(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise BenchError("timed out waiting for the daemon")
+            raise BenchError(f"timed out waiting for {self.name}")
         ready, _, _ = select.select([self._out], [], [], remaining)
         if not ready:
-            raise BenchError("timed out waiting for the daemon")
+            raise BenchError(f"timed out waiting for {self.name}")
         chunk = os.read(self._out, READ_SIZE)
         if not chunk:
-            raise BenchError(f"the daemon closed stdout (exit code {self.proc.poll()})")
+            raise BenchError(f"{self.name} closed stdout (exit code {self.proc.poll()})")
         self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
         self._pos = 0
 
@@ -207,18 +226,11 @@ class Daemon:
         """Request, wait, and return the decoded ``result``."""
         return result_of(self.wait(self.send(method, params), timeout))
 
-    def initialize(self) -> Any:
-        return self.call("initialize", {"protocol_version": 1, "client_info": {"name": "warren-bench", "version": "1"}})
-
     # ------------------------------------------------------------------ process
 
     def status(self) -> dict[str, str]:
         """``/proc/<pid>/status`` as a dict (VmRSS, VmHWM, ...)."""
-        out = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            out[key] = value.strip()
-        return out
+        return proc_status(self.pid)
 
     def close(self, timeout: float = 10.0) -> int:
         """End of input is a clean shutdown (PROTOCOL.md §1); kill only if it hangs."""
@@ -233,19 +245,46 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-                Daemon.hung_exits.append(" ".join(self.args))
+                LineProcess.hung_exits.append(self.name)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
-def read_turn(daemon: "Daemon", id_: Any, deadline: float, on_read: Callable[[int, int], None]) -> Incoming:
+class Daemon(LineProcess):
+    """The daemon as a subprocess: ``python -m daemon COMMAND ARGS``."""
+
+    profile_dir: Path | None = None  # when set, every daemon runs under cProfile (``--profile``)
+    _profiles = 0
+
+    def __init__(
+        self,
+        *args: str,
+        python_flags: tuple[str, ...] = (),
+        stderr: Any = subprocess.DEVNULL,
+        env: dict[str, str | None] | None = None,
+        command: str = "serve",
+    ) -> None:
+        if Daemon.profile_dir is not None and not python_flags:
+            Daemon._profiles += 1
+            stem = "-".join([command] * (command != "serve") + [a.strip("-") for a in args[:1]])
+            out = Daemon.profile_dir / f"{Daemon._profiles:03d}-{stem}.prof"
+            python_flags = ("-m", "cProfile", "-o", str(out))
+        super().__init__(daemon_command(*args, python_flags=python_flags, command=command), stderr=stderr, env=env,
+                         name=" ".join((command, *args)))
+        self.args = args
+
+    def initialize(self) -> Any:
+        return self.call("initialize", {"protocol_version": 1, "client_info": {"name": "warren-bench", "version": "1"}})
+
+
+def read_turn(daemon: LineProcess, id_: Any, deadline: float, on_read: Callable[[int, int], None]) -> Incoming:
     """Read until the response to ``id_``; after each read, ``on_read(deltas, lines)`` gets
     the number of ``text_delta`` events it held and of the lines that carried them (fewer
     when the daemon merged a slow reader's deltas), so a caller can time the stream as it comes."""
@@ -265,6 +304,28 @@ def read_turn(daemon: "Daemon", id_: Any, deadline: float, on_read: Callable[[in
         on_read(deltas, lines)
         if response is not None:
             return response
+
+
+def read_response(
+    proc: LineProcess, id_: Any, deadline: float, on_line: Callable[[bytes, Incoming, float], None]
+) -> tuple[Incoming, float]:
+    """Read until the response to ``id_``; every other line goes to ``on_line(raw, msg, now)``,
+    ``now`` being when the read that brought it returned (``perf_counter`` seconds), so a
+    caller can time events by their arrival. Returns the response and its arrival time."""
+    clock = time.perf_counter
+    response = None
+    while response is None:
+        lines = proc.read_lines(deadline)
+        now = clock()
+        for raw in lines:
+            if not raw:
+                continue
+            msg = decode(raw)
+            if msg.method is None and msg.id == id_:
+                response = msg
+            else:
+                on_line(raw, msg, now)
+    return response, now
 
 
 def result_of(msg: Incoming) -> Any:

@@ -33,12 +33,19 @@ INIT = encode_request(1, "initialize", {"protocol_version": 1, "client_info": {"
 Env = dict[str, str | None]
 
 
-def _one_start(args: tuple[str, ...], env: Env) -> float:
-    """Milliseconds from spawn to the ``initialize`` response."""
+def cached_bytecode(tmp: str) -> Env:
+    """The environment of a start with bytecode cached under ``tmp`` (whatever
+    ``PYTHONDONTWRITEBYTECODE`` says here), as an installed Warren starts."""
+    return {"PYTHONDONTWRITEBYTECODE": None, "PYTHONPYCACHEPREFIX": str(Path(tmp) / "pycache")}
+
+
+def one_start(args: tuple[str, ...], env: Env, *, command: str = "serve", init: bytes = INIT) -> float:
+    """Milliseconds from spawning ``python -m daemon COMMAND ARGS`` to its answer to ``init``
+    (an ``initialize`` request with id 1, in the front-end's own protocol)."""
     start = time.perf_counter()
-    daemon = Daemon(*args, env=env)
+    daemon = Daemon(*args, env=env, command=command)
     try:
-        daemon.write(INIT)
+        daemon.write(init)
         msg = daemon.wait(1, timeout=30)
         elapsed = (time.perf_counter() - start) * 1000
         if not msg.result:
@@ -104,7 +111,7 @@ def _importtime(env: Env, top: int) -> tuple[list[dict[str, object]], float, flo
 def run(section: Section, runs: int = 20) -> None:
     as_is: Env = {}
     with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
-        cached: Env = {"PYTHONDONTWRITEBYTECODE": None, "PYTHONPYCACHEPREFIX": str(Path(tmp) / "pycache")}
+        cached = cached_bytecode(tmp)
         dont_write = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
         variants: list[tuple[str, tuple[str, ...], Env]] = [
             ("--ephemeral, bytecode cached", ("--ephemeral",), cached),
@@ -118,12 +125,12 @@ def run(section: Section, runs: int = 20) -> None:
                 ("--db fresh file, as configured (no .pyc)", ("--db", ""), as_is),
             ]
         for name, args, env in variants:
-            _one_start(("--ephemeral",), env)  # warm the page cache (and the bytecode cache); not counted
+            one_start(("--ephemeral",), env)  # warm the page cache (and the bytecode cache); not counted
             samples = []
             for i in range(runs):
                 if args[0] == "--db":  # a new file every time: the start creates and migrates it
                     args = ("--db", str(Path(tmp) / f"fresh-{len(section.metrics)}-{i}.db"))
-                samples.append(_one_start(args, env))
+                samples.append(one_start(args, env))
             section.add(latency_metric(section.key, f"cold start {name}", samples, TARGET_MS))
 
         floor = _interpreter_floor(max(5, runs // 2))

@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .client import BenchError, Daemon, decode, encode_request
+from .client import BenchError, LineProcess, decode, encode_request
 
 MakeRequest = Callable[[int], bytes]
 
 
-def sequential(daemon: Daemon, make_request: MakeRequest, count: int, timeout: float = 120.0) -> list[float]:
+def sequential(daemon: LineProcess, make_request: MakeRequest, count: int, timeout: float = 120.0) -> list[float]:
     """Round-trip latencies in milliseconds of ``count`` requests, one in flight."""
     deadline = time.monotonic() + timeout
     out: list[float] = []
@@ -43,7 +43,7 @@ def sequential(daemon: Daemon, make_request: MakeRequest, count: int, timeout: f
 
 
 def checked_latencies(
-    daemon: Daemon, method: str, params: Callable[[], Any], check: Callable[[Any], None], count: int, warmup: int,
+    daemon: LineProcess, method: str, params: Callable[[], Any], check: Callable[[Any], None], count: int, warmup: int,
 ) -> list[float]:
     """``sequential`` latencies of ``count`` requests of ``method`` after ``warmup`` unmeasured
     ones; ``params()`` gives each request's params (called before its clock starts). The first
@@ -59,7 +59,7 @@ def checked_latencies(
 
 
 def pipelined(
-    daemon: Daemon, make_request: MakeRequest, count: int, window: int, timeout: float = 120.0
+    daemon: LineProcess, make_request: MakeRequest, count: int, window: int, timeout: float = 120.0
 ) -> float:
     """Seconds to complete ``count`` requests keeping ``window`` in flight."""
     deadline = time.monotonic() + timeout

@@ -38,7 +38,7 @@ from typing import Iterator
 
 import msgspec
 
-from .client import BenchError, Daemon, decode, encode_request, result_of
+from .client import BenchError, Daemon, Incoming, read_response, result_of
 from .results import Section, Target, latency_metric
 
 CALLS = 1_000
@@ -49,7 +49,9 @@ _encode = msgspec.json.Encoder().encode
 
 
 @contextmanager
-def _daemon(mode: str) -> Iterator[Daemon]:
+def tool_daemon(mode: str) -> Iterator[Daemon]:
+    """A daemon (``--ephemeral``, or on a fresh ``--db`` file for ``mode`` "db") whose
+    client has declared ``capabilities.tool_execute``, so client tools reach it."""
     with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
         args = ("--ephemeral",) if mode == "ephemeral" else ("--db", str(Path(tmp) / "bench.db"))
         daemon = Daemon(*args)
@@ -65,43 +67,34 @@ def _answer(id_: str | int) -> bytes:
     return b'{"jsonrpc":"2.0","id":' + _encode(id_) + b',"result":{"content":"ok","is_error":false}}\n'
 
 
-def _tool_turn(daemon: Daemon, calls: int) -> tuple[list[float], list[float], list[float]]:
+def tool_turn(daemon: Daemon, calls: int) -> tuple[list[float], list[float], list[float]]:
     """One turn of ``calls`` round trips: (t_req, t_ans, t_next) lists, ``perf_counter`` seconds."""
     script = [{"tool_calls": [{"name": "t", "arguments": {"i": n}}]} for n in range(calls)] + [{"text": "done"}]
     created = daemon.call("session/create", {"provider": "scripted", "tools": [TOOL], "initial_turn": "defer",
                                              "provider_params": {"script": script}})
-    id_ = daemon.new_id()
-    line = encode_request(id_, "turn/start", {"session_id": created["session_id"], "prompt": "go"})
-    deadline = time.monotonic() + 300
     clock = time.perf_counter
     t_req: list[float] = []
     t_ans: list[float] = []
     t_next: list[float] = []
     completed = 0
-    response = None
-    daemon.write(line)
-    while response is None:
-        lines = daemon.read_lines(deadline)
-        now = clock()
-        for raw in lines:
-            if not raw:
-                continue
-            msg = decode(raw)
-            if msg.method == "tool/execute":
-                if msg.id is None:
-                    raise BenchError("tool/execute arrived without an id")
-                if t_req:
-                    t_next.append(now)
-                t_req.append(now)
-                daemon.write(_answer(msg.id))
-                t_ans.append(clock())
-            elif msg.method == "session/event":
-                if msg.event_type == "tool_execution_completed":
-                    completed += 1
-            elif msg.method is None and msg.id == id_:
-                response = msg
-                if t_req:
-                    t_next.append(now)
+
+    def on_line(raw: bytes, msg: Incoming, now: float) -> None:
+        nonlocal completed
+        if msg.method == "tool/execute":
+            if msg.id is None:
+                raise BenchError("tool/execute arrived without an id")
+            if t_req:
+                t_next.append(now)
+            t_req.append(now)
+            daemon.write(_answer(msg.id))
+            t_ans.append(clock())
+        elif msg.event_type == "tool_execution_completed":
+            completed += 1
+
+    id_ = daemon.send("turn/start", {"session_id": created["session_id"], "prompt": "go"})
+    response, now = read_response(daemon, id_, time.monotonic() + 300, on_line)
+    if t_req:
+        t_next.append(now)
     result = result_of(response)
     if len(t_req) != calls or completed != calls:
         raise BenchError(f"expected {calls} tool/execute requests and completions, got {len(t_req)} and {completed}")
@@ -150,12 +143,12 @@ def _filesystem(path: Path) -> str:
 
 def run(section: Section, calls: int = CALLS) -> None:
     for mode in ("db", "ephemeral"):
-        with _daemon(mode) as daemon:
-            _tool_turn(daemon, 20)  # warm-up: imports jsonschema, fills caches; not counted
-            t_req, t_ans, t_next = _tool_turn(daemon, calls)
+        with tool_daemon(mode) as daemon:
+            tool_turn(daemon, 20)  # warm-up: imports jsonschema, fills caches; not counted
+            t_req, t_ans, t_next = tool_turn(daemon, calls)
             short: list[float] = []
             for _ in range(SHORT_TURNS):
-                _, ans, nxt = _tool_turn(daemon, calls // SHORT_TURNS)
+                _, ans, nxt = tool_turn(daemon, calls // SHORT_TURNS)
                 short += [(n - a) * 1000 for a, n in zip(ans, nxt)]
         overhead = [(n - a) * 1000 for a, n in zip(t_ans, t_next)]
         answer = [(a - r) * 1000 for r, a in zip(t_req, t_ans)]

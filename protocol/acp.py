@@ -181,7 +181,7 @@ class ConfigOption(Out):
     name: str
     current_value: str
     options: list[SelectOption]
-    type: str = "select"
+    type: Literal["select"]
     category: str | None = None
     description: str | None = None
 

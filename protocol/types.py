@@ -67,6 +67,7 @@ class ReasoningBlock(Struct, tag_field="type", tag="reasoning", omit_defaults=Tr
     text: str
     signature: str | None = None
     redacted: str | None = None  # opaque provider data that must be sent back unchanged
+    provider: str | None = None  # who reasoned: only that provider is sent the block back
 
 
 class ToolUseBlock(Struct, tag_field="type", tag="tool_use"):
@@ -227,11 +228,14 @@ class SetToolsResult(Struct):
 
 
 class TurnStartParams(Params):
+    """``provider`` (with ``model``) moves the session to another provider from this turn on."""
+
     session_id: str
     prompt: str
     system_prompt: str | None = None
     turn_tool_overlay: ToolOverlay | None = None
     model: NonEmptyStr | None = None
+    provider: NonEmptyStr | None = None
     max_tokens: PositiveInt | None = None
     provider_params: dict[str, Any] | None = None
     idempotency_key: IdempotencyKey | None = None

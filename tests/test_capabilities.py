@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tests.daemon_client import Daemon, script
-from tests.fakes.llm_server import FakeLLMServer, anthropic_stream, openai_stream, tool_use_block
+from tests.fakes.llm_server import FakeLLMServer, anthropic_stream, openai_stream, text_block, tool_use_block
 from tests.test_providers_daemon import claude_section, openai_section, write_config
 
 Spawn = Callable[..., Daemon]
@@ -206,3 +206,38 @@ def test_structured_output_uses_the_providers_native_modes(spawn: Spawn, server:
     # the answer is kept as text, so the transcript has no unanswered tool call
     last = d.call("session/history", {"session_id": r["session_id"]})["messages"][-1]
     assert last["content"] == [{"type": "text", "text": '{"title":"from claude"}'}]
+
+
+# ---------------------------------------------------------------- switching providers
+
+
+def test_switching_provider_mid_session_is_sticky_and_converts_the_history(
+    spawn: Spawn, server: FakeLLMServer, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, openai_section(server, "oai", extra='default_model = "m"') + claude_section(server))
+    d = spawn("--config", str(config), env={"WARREN_TEST_CLAUDE_KEY": "sk-ant-test-switch-0000"})
+    sid = deferred(d, {"reasoning": "scripted thoughts", "text": "first answer"})
+    d.call("turn/start", {"session_id": sid, "prompt": "one"})
+    server.enqueue(openai_stream("from openai"))
+    r = d.call("turn/start", {"session_id": sid, "prompt": "two", "provider": "oai", "model": "gpt-x"})
+    assert r["text"] == "from openai"
+    sent = server.last.json
+    assert sent["model"] == "gpt-x"
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+    assert sent["messages"][1]["content"] == "first answer"  # the scripted provider's reasoning stays home
+    state = d.call("session/read", {"session_id": sid})["state"]
+    assert (state["provider"], state["model"]) == ("oai", "gpt-x")
+    server.enqueue(openai_stream("still openai"))
+    assert d.call("turn/start", {"session_id": sid, "prompt": "three"})["text"] == "still openai"  # sticky
+    # to Anthropic: another provider's reasoning is not sent, the text and order are
+    server.enqueue(anthropic_stream(text_block("from claude")))
+    d.call("turn/start", {"session_id": sid, "prompt": "four", "provider": "claude"})
+    body = server.last.json
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user", "assistant", "user", "assistant", "user"]
+    assert all(b["type"] != "thinking" for m in body["messages"] for b in m["content"] if isinstance(b, dict))
+    history = d.call("session/history", {"session_id": sid})["messages"]
+    assert history[1]["content"][0] == {"type": "reasoning", "text": "scripted thoughts", "provider": "scripted"}
+    bad = d.error("turn/start", {"session_id": sid, "prompt": "x", "provider": "nowhere"})
+    assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.provider"
+    assert bad["data"]["details"]["reason"] == "unknown_provider"
+    assert d.call("session/history", {"session_id": sid})["message_count"] == len(history)

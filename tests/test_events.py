@@ -486,7 +486,7 @@ def assert_received_coalesced(d: Daemon, sid: str, result: dict[str, Any], reaso
     """What the slow client received adds up to the committed text, in fewer events."""
     got = of_turn(d.events(sid), result["turn_id"])
     assert text_of(got) == result["text"] and text_of(got, "reasoning_delta") == reasoning
-    committed = [{"type": "reasoning", "text": reasoning}] if reasoning else []
+    committed = [{"type": "reasoning", "text": reasoning, "provider": "scripted"}] if reasoning else []
     committed.append({"type": "text", "text": result["text"]})
     assert d.call("session/history", {"session_id": sid})["messages"][-1]["content"] == committed
     assert any("seq_first" in e for e in got), "a slow reader got no coalesced event"

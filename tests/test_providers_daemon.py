@@ -741,7 +741,7 @@ def test_anthropic_thinking_signature_round_trip(spawn: Spawn, server: FakeLLMSe
     msgs = history(d, sid)
     assert msgs[1]["role"] == "assistant"
     assert msgs[1]["content"] == [
-        {"type": "reasoning", "text": "Let me think about 2+2.", "signature": signature},
+        {"type": "reasoning", "text": "Let me think about 2+2.", "signature": signature, "provider": "claude"},
         {"type": "text", "text": "It is 4."},
     ]
 

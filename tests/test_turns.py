@@ -31,7 +31,7 @@ def test_reasoning_text_and_usage_are_streamed_and_committed(daemon: Daemon) -> 
     usage_event = [e for e in daemon.events(sid) if e["event"]["type"] == "usage"][0]["event"]
     assert usage_event["usage"]["total_tokens"] == 18
     msg = daemon.call("session/history", {"session_id": sid})["messages"][1]
-    assert msg["content"] == [{"type": "reasoning", "text": "think hard"}, {"type": "text", "text": "answer"}]
+    assert msg["content"] == [{"type": "reasoning", "text": "think hard", "provider": "scripted"}, {"type": "text", "text": "answer"}]
     view = daemon.call("session/read", {"session_id": sid})
     assert view["billing"] == {"total_tokens": 18, "usage": {"input_tokens": 11, "output_tokens": 7, "total_tokens": 18}}
 

@@ -279,6 +279,7 @@ class SessionService:
                 on_claim=on_claim,
                 output_schema=p.output_schema,
                 structured_output_retries=p.structured_output_retries,
+                provider=p.provider,
             )
         except _KeyTaken:
             assert key is not None
@@ -373,6 +374,7 @@ class SessionService:
         on_claim: Callable[[anyio.CancelScope], None] | None = None,
         output_schema: dict[str, Any] | None = None,
         structured_output_retries: int | None = None,
+        provider: str | None = None,
     ) -> RunResult:
         turn_id = new_id()
 
@@ -386,6 +388,13 @@ class SessionService:
                 if self._owner_alive(row.running_owner, row.running_turn_id):
                     raise errors.Busy(session_id, row.running_turn_id)
                 await self._close_dead_turn(db, row.running_turn_id, session_id)
+            if provider is not None and provider != row.provider:
+                # sticky: the session moves to this provider; its private state starts afresh
+                row.provider, row.model = self.providers.resolve(provider, model)
+                row.provider_state = {}
+                switched = {"provider": row.provider, "model": row.model, "provider_state": {}}
+            else:
+                switched = {}
             if provider_params is not None:
                 self.providers.check_params(row.provider, provider_params, "$.provider_params")
             if system_prompt is not None and row.message_count > 0:
@@ -431,6 +440,7 @@ class SessionService:
             fields: dict[str, Any] = {
                 "updated_at_ms": now,
                 "staged_prompt": None,
+                **switched,
             }
             if system_prompt is not None:
                 fields["system_prompt"] = row.system_prompt = system_prompt

@@ -37,6 +37,11 @@ class ClientChannel(Protocol):
 
     def supports_tool_execute(self) -> bool: ...
 
+    def stages_tool_results(self) -> bool:
+        """Whether calls it does not execute can wait for results it stages later (Warren's
+        ``session/stage_tool_results``); if not, they fail at once."""
+        ...
+
     async def permit(self, session_id: str, call: ToolCall, timeout_s: float) -> bool:
         """Whether the user lets this tool call run (ACP asks the editor; Warren's own
         protocol has no such question and answers yes)."""
@@ -138,6 +143,9 @@ class ClientSource:
     def available(self) -> bool:
         return self.channel.supports_tool_execute()
 
+    def stages(self) -> bool:
+        return self.channel.stages_tool_results()
+
     async def run(self, call: ToolCall, name: str, timeout_s: float) -> tuple[str, bool]:
         params = {
             "session_id": self.session_id,
@@ -215,7 +223,7 @@ class Toolbox:
     """The tools a turn offers the model, each with the source that runs it (by the name
     the model sees: MCP tools are ``SERVER__TOOL``)."""
 
-    def __init__(self, client: ToolSource | None = None) -> None:
+    def __init__(self, client: ClientSource | None = None) -> None:
         """``client``: where a call of a tool the box does not hold goes (the client decides
         what it serves; a model's unknown tool is refused there, or staged without one)."""
         self.client = client
@@ -237,7 +245,11 @@ class Toolbox:
     def runnable(self, calls: list[ToolCall]) -> bool:
         """Whether this step's calls can all run now; else the turn ends with them pending."""
         client_ok = self.client is not None and self.client.available()
-        return all(entry[1].available() if (entry := self._entries.get(c.name)) else client_ok for c in calls)
+        if all(entry[1].available() if (entry := self._entries.get(c.name)) else client_ok for c in calls):
+            return True
+        # a call only the client could run, and it does not: it waits for staged results
+        # where the client stages them; elsewhere the step runs and that call fails
+        return self.client is None or not self.client.stages()
 
 
 Permit = Callable[[ToolCall, float], Awaitable[bool]]

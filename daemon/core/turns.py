@@ -147,7 +147,7 @@ class CallOutput:
         elif isinstance(delta, base.Stop):
             self.stop = delta.stop_reason
 
-    def content(self, *, partial: bool = False) -> list[Block]:
+    def content(self, *, partial: bool = False, provider: str | None = None) -> list[Block]:
         """The assistant message's blocks; a partial one keeps only text and reasoning."""
         out: list[Block] = []
         for index in sorted(self.blocks):
@@ -157,7 +157,7 @@ class CallOutput:
                     out.append(TextBlock("".join(b.parts)))
             elif b.kind == "reasoning":
                 if b.parts or b.redacted:
-                    out.append(ReasoningBlock("".join(b.parts), b.signature, b.redacted))
+                    out.append(ReasoningBlock("".join(b.parts), b.signature, b.redacted, provider))
             elif not partial:
                 out.append(ToolUseBlock(b.tool_id, b.tool_name, _arguments(b.parts)))
         return out
@@ -470,7 +470,7 @@ class Turn:
             output_schema=s.output_schema,
             model=s.model,
             system=s.system,
-            messages=self.history,
+            messages=for_provider(self.history, s.provider),
             tools=tools,
             max_tokens=s.max_tokens,
             provider_params=s.provider_params,
@@ -525,7 +525,7 @@ class Turn:
     # ------------------------------------------------------------------ commits
 
     def _assistant(self, output: CallOutput, *, partial: bool) -> Message | None:
-        content = output.content(partial=partial)
+        content = output.content(partial=partial, provider=self.setup.provider)
         if not content:
             return None
         return Message(self.message_count, "assistant", content, now_ms(), new_id(), self.turn_id)
@@ -718,6 +718,22 @@ def _applied(staged: staging.Staged) -> Event:
     if staged.role == "user":
         return SteerApplied(staged.text)
     return SystemContextApplied(staged.source, staged.idempotency_key)
+
+
+def for_provider(history: list[Message], provider: str) -> list[Message]:
+    """The history as ``provider`` is sent it: reasoning another provider did is left out
+    (its signatures mean nothing here, and a provider refuses blocks it did not sign). The
+    list itself when there is nothing to leave out, which is the usual case."""
+    def foreign(b: Block) -> bool:
+        return isinstance(b, ReasoningBlock) and b.provider is not None and b.provider != provider
+
+    if not any(m.role == "assistant" and any(foreign(b) for b in m.content) for m in history):
+        return history
+    return [
+        msgspec.structs.replace(m, content=[b for b in m.content if not foreign(b)])
+        if m.role == "assistant" else m
+        for m in history
+    ]
 
 
 def _stop_reason(stop: str | None) -> StopReason:

@@ -126,7 +126,7 @@ class AcpFrontend:
         self._prompts: dict[str, _Prompt] = {}
         self._message_ids: dict[str, str] = {}  # session -> the id of the message being streamed
         self._always: dict[str, dict[str, bool]] = {}  # session -> tool -> allowed, from "always" answers
-        self.dispatcher = Dispatcher(self._table(), to_wire=to_wire, quiet=frozenset({"session/list"}))
+        self.dispatcher = Dispatcher(self._table(), to_wire=to_wire, quiet=frozenset({"initialize", "session/list"}))
 
     # ------------------------------------------------------------------ the event sink
 
@@ -177,6 +177,9 @@ class AcpFrontend:
     def supports_tool_execute(self) -> bool:
         return False  # ACP hands the agent its tools as MCP servers: no client-executed tools
 
+    def stages_tool_results(self) -> bool:
+        return False  # nor results staged by the client: a call nobody serves fails at once
+
     async def call_client(self, method: str, params: dict[str, Any], timeout_s: float) -> Any:
         raise ClientError(f"An ACP client does not serve {method}")
 
@@ -212,7 +215,7 @@ class AcpFrontend:
         values = [current] + sorted(
             {p.default_model for p in self.providers.describe() if p.default_model and p.default_model != current}
         )
-        return acp.ConfigOption("model", "Model", current, [acp.SelectOption(v, v) for v in values],
+        return acp.ConfigOption("model", "Model", current, [acp.SelectOption(v, v) for v in values], "select",
                                 category="model", description=f"The model of {provider}")
 
     def _prompt_text(self, blocks: list[dict[str, Any]]) -> str:

@@ -170,6 +170,9 @@ class WarrenFrontend:
     def supports_tool_execute(self) -> bool:
         return self.tool_execute and not self.peer.client_gone
 
+    def stages_tool_results(self) -> bool:
+        return True  # session/stage_tool_results: calls the client does not execute wait for it
+
     async def permit(self, session_id: str, call: Any, timeout_s: float) -> bool:
         return True  # Warren's protocol has no permission question: the client chose the tools
 
