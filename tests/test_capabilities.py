@@ -4,6 +4,7 @@ against the fake HTTP servers, whose requests are asserted)."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -241,3 +242,38 @@ def test_switching_provider_mid_session_is_sticky_and_converts_the_history(
     assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.provider"
     assert bad["data"]["details"]["reason"] == "unknown_provider"
     assert d.call("session/history", {"session_id": sid})["message_count"] == len(history)
+
+
+# ---------------------------------------------------------------- MCP servers through the daemon
+
+
+def test_a_broken_mcp_server_gives_error_results_naming_it_and_the_daemon_serves_on(daemon: Daemon) -> None:
+    servers = [{"name": "gone", "command": "/nonexistent/mcp-server"},
+               {"name": "quits", "command": sys.executable, "args": ["-c", "import sys; sys.exit(3)"]},
+               {"name": "noisy", "command": sys.executable, "args": ["-c", "print('hello, I am not MCP'); input()"]}]
+    calls = [{"name": f"{s['name']}__anything", "arguments": {}, "id": f"c-{s['name']}"} for s in servers]
+    r = daemon.call("session/create", {"prompt": "go", "provider": "scripted", "mcp_servers": servers,
+                                       "provider_params": script({"tool_calls": calls}, {"text": "carried on"})},
+                    timeout=30)
+    assert r["text"] == "carried on" and r["pending_tool_calls"] == []
+    done = {e["event"]["tool_use_id"]: e["event"] for e in daemon.events(r["session_id"])
+            if e["event"]["type"] == "tool_execution_completed"}
+    for s in servers:
+        event = done[f"c-{s['name']}"]
+        assert event["is_error"] and f"MCP server '{s['name']}'" in event["content"], event
+        assert event["source"] == f"mcp:{s['name']}"
+    states = {s["name"]: s["state"] for s in daemon.call("mcp/servers", {})["servers"]}
+    assert states == {"gone": "failed", "quits": "failed", "noisy": "failed"}
+    assert daemon.call("session/read", {"session_id": r["session_id"]})["state"]["is_active"] is False
+
+
+def test_an_mcp_tool_runs_for_a_client_without_tool_execute(daemon: Daemon) -> None:
+    server = {"name": "t", "command": sys.executable, "args": [str(Path(__file__).parent / "fakes" / "mcp_server.py")]}
+    r = daemon.call("session/create", {"prompt": "go", "provider": "scripted", "mcp_servers": [server],
+                                       "provider_params": script({"tool_calls": [{"name": "t__echo", "arguments": {"text": "hi"}}]},
+                                                                 {"text": "done"})}, timeout=30)
+    assert r["text"] == "done"
+    completed = [e["event"] for e in daemon.events(r["session_id"]) if e["event"]["type"] == "tool_execution_completed"]
+    assert completed == [{"type": "tool_execution_completed", "tool_use_id": completed[0]["tool_use_id"],
+                          "name": "t__echo", "content": "hi", "is_error": False,
+                          "duration_ms": completed[0]["duration_ms"], "source": "mcp:t"}]

@@ -228,6 +228,9 @@ class Toolbox:
         what it serves; a model's unknown tool is refused there, or staged without one)."""
         self.client = client
         self._entries: dict[str, tuple[ToolDef, ToolSource, str]] = {}
+        #: MCP servers that could not be started for this turn, with why: a call of one of
+        #: their tools is answered with that, naming the server.
+        self.unavailable: dict[str, str] = {}
 
     def add(self, tool: ToolDef, source: ToolSource, name: str | None = None) -> None:
         self._entries.setdefault(tool.name, (tool, source, name or tool.name))
@@ -245,7 +248,15 @@ class Toolbox:
     def runnable(self, calls: list[ToolCall]) -> bool:
         """Whether this step's calls can all run now; else the turn ends with them pending."""
         client_ok = self.client is not None and self.client.available()
-        if all(entry[1].available() if (entry := self._entries.get(c.name)) else client_ok for c in calls):
+
+        def can_run(call: ToolCall) -> bool:
+            entry = self._entries.get(call.name)
+            if entry is not None:
+                return entry[1].available()
+            # an unavailable MCP server's tool runs, to fail with why
+            return client_ok or call.name.split("__", 1)[0] in self.unavailable
+
+        if all(can_run(c) for c in calls):
             return True
         # a call only the client could run, and it does not: it waits for staged results
         # where the client stages them; elsewhere the step runs and that call fails
@@ -295,7 +306,12 @@ class StepRunner:
     async def _one(self, call: ToolCall) -> None:
         entry = self.toolbox.get(call.name)
         if entry is None:
-            await self._reject(call, f"Tool {call.name!r} is not available in this turn", CLIENT)
+            server = call.name.split("__", 1)[0] if "__" in call.name else None
+            if server in self.toolbox.unavailable:
+                await self._reject(call, f"Tool {call.name!r} is not available: {self.toolbox.unavailable[server]}",
+                                   f"mcp:{server}")
+            else:
+                await self._reject(call, f"Tool {call.name!r} is not available in this turn", CLIENT)
             return
         tool, source, name = entry
         problem = argument_problem(call, tool)

@@ -440,6 +440,7 @@ class Turn:
                     listed = await source.tools()
                 except McpError as exc:
                     self.log.warning("mcp_server_unavailable", server=server.name, error=str(exc))
+                    box.unavailable[server.name] = str(exc)
                     continue
                 names = {d.name for d in offered([d for d, _ in listed], setup.overlay)}
                 for definition, name in listed:
