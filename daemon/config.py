@@ -95,6 +95,7 @@ class ProviderConfig:
     turn_timeout_s: float = 1800.0
     max_retries: int = 3
     api_key: str | None = field(default=None, repr=False)
+    context_window: int | None = None  # tokens; else known models' windows (``providers``)
 
     def has_credential(self) -> bool:
         return bool(self.api_key)
@@ -149,6 +150,7 @@ class _ProviderFile(Struct, forbid_unknown_fields=True):
     default_model: Annotated[str, Meta(min_length=1)] | None = None
     headers: dict[str, str] = {}
     max_retries: Annotated[int, Meta(ge=0, le=20)] = 3
+    context_window: Annotated[int, Meta(ge=1024)] | None = None
     timeouts: _TimeoutsFile = msgspec.field(default_factory=_TimeoutsFile)
 
 
@@ -314,6 +316,7 @@ def _provider_from_file(name: str, pf: _ProviderFile, env: Mapping[str, str], fi
         read_timeout_s=pf.timeouts.read_s,
         turn_timeout_s=pf.timeouts.turn_s,
         max_retries=pf.max_retries,
+        context_window=pf.context_window,
         api_key=key,
     )
 

@@ -101,6 +101,19 @@ class TurnFailed(Event, tag="turn_failed"):
     error: ErrorObject
 
 
+class CompactionStarted(Event, tag="compaction_started"):
+    """``reason``: "manual" (``session/compact``) or "auto" (the context filled up)."""
+
+    reason: Literal["manual", "auto"]
+
+
+class CompactionCompleted(Event, tag="compaction_completed"):
+    summary_message_id: str
+    replaced_count: int
+    tokens_before: int
+    tokens_after: int
+
+
 class SteerApplied(Event, tag="steer_applied"):
     """A ``turn/steer`` prompt joined the running turn as a user message."""
 
@@ -132,6 +145,8 @@ AnyEvent = Union[
     TurnFailed,
     TranscriptChanged,
     SteerApplied,
+    CompactionStarted,
+    CompactionCompleted,
 ]
 
 EVENT_TYPES: list[type[Event]] = list(AnyEvent.__args__)  # type: ignore[attr-defined]
@@ -146,6 +161,7 @@ EventTypeName = Literal[
     "turn_started", "text_delta", "reasoning_delta", "tool_call_requested", "tool_execution_started",
     "tool_execution_completed", "tool_execution_timed_out", "budget_warning", "system_context_applied",
     "usage", "retrying", "turn_completed", "turn_failed", "transcript_changed", "steer_applied",
+    "compaction_started", "compaction_completed",
 ]
 DELTA_TYPES = frozenset({"text_delta", "reasoning_delta"})
 Seq = Annotated[int, Meta(ge=0, le=MAX_SAFE_INT)]

@@ -43,6 +43,7 @@ METHODS: dict[str, MethodSpec] = {
     "session/append": MethodSpec(t.AppendParams, (t.AppendResult,)),
     "mcp/servers": MethodSpec(t.McpServersParams, (t.McpServersResult,)),
     "turn/steer": MethodSpec(t.TurnSteerParams, (t.TurnSteerResult,)),
+    "session/compact": MethodSpec(t.CompactParams, (t.CompactResult,)),
 }
 
 

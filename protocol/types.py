@@ -213,6 +213,7 @@ class SessionCreateParams(Params):
     mcp_servers: list[McpServerInput] = []
     output_schema: dict[str, Any] | None = None
     structured_output_retries: Annotated[int, Meta(ge=0, le=10)] = 2
+    compaction: bool = True
 
 
 class SetToolsParams(Params):
@@ -569,3 +570,22 @@ class McpServerInfo(Struct, omit_defaults=True):
 
 class McpServersResult(Struct):
     servers: list[McpServerInfo]
+
+
+# ---------------------------------------------------------------- compaction (section 12)
+
+
+class CompactParams(Params):
+    session_id: str
+    keep_last: NonNegativeInt = 4
+
+
+class CompactResult(Struct):
+    """The summary replaces ``replaced_count`` messages in what the model sees (history keeps
+    them all); token counts are estimates of the model's context before and after."""
+
+    session_id: str
+    summary_message_id: str
+    replaced_count: int
+    tokens_before: int
+    tokens_after: int

@@ -277,3 +277,87 @@ def test_an_mcp_tool_runs_for_a_client_without_tool_execute(daemon: Daemon) -> N
     assert completed == [{"type": "tool_execution_completed", "tool_use_id": completed[0]["tool_use_id"],
                           "name": "t__echo", "content": "hi", "is_error": False,
                           "duration_ms": completed[0]["duration_ms"], "source": "mcp:t"}]
+
+
+# ---------------------------------------------------------------- compaction
+
+
+def test_compaction_summarises_what_the_model_sees_and_history_keeps_everything(daemon: Daemon) -> None:
+    steps = [{"text": f"answer {i}"} for i in range(3)] + [{"text": "SUMMARY of q0..q1"}, {"text": "after"}]
+    sid = deferred(daemon, *steps)
+    for i in range(3):
+        daemon.call("turn/start", {"session_id": sid, "prompt": f"q{i}"})
+    done = daemon.call("session/compact", {"session_id": sid, "keep_last": 2})
+    assert done["replaced_count"] == 4 and done["tokens_after"] < done["tokens_before"]
+    history = daemon.call("session/history", {"session_id": sid})["messages"]
+    assert len(history) == 7 and history[-1]["source"] == "compaction"
+    assert history[-1]["message_id"] == done["summary_message_id"]
+    assert history[-1]["content"] == [{"type": "text", "text": "SUMMARY of q0..q1"}]
+    kinds = [e["event"]["type"] for e in daemon.events(sid)]
+    assert kinds[-3:] == ["compaction_started", "compaction_completed", "turn_completed"]
+    completed = [e["event"] for e in daemon.events(sid) if e["event"]["type"] == "compaction_completed"][0]
+    assert completed == {"type": "compaction_completed", **{k: done[k] for k in (
+        "summary_message_id", "replaced_count", "tokens_before", "tokens_after")}}
+    # the next call sees the summary and the two kept messages, then the new prompt:
+    # scripted usage counts its input, so it is smaller than the whole history's
+    before = daemon.call("turn/start", {"session_id": sid, "prompt": "q3"})
+    assert before["text"] == "after"
+
+
+def test_compaction_sends_the_summary_and_the_kept_messages(
+    spawn: Spawn, server: FakeLLMServer, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, openai_section(server, "oai", extra='default_model = "m"'))
+    d = spawn("--config", str(config))
+    sid = d.call("session/create", {"initial_turn": "defer", "provider": "oai"})["session_id"]
+    for i in range(3):
+        server.enqueue(openai_stream(f"answer {i}"))
+        d.call("turn/start", {"session_id": sid, "prompt": f"q{i}"})
+    server.enqueue(openai_stream("the summary"), openai_stream("fresh"))
+    d.call("session/compact", {"session_id": sid, "keep_last": 2})
+    summary_request = server.last.json
+    assert [m["content"] for m in summary_request["messages"][1:5]] == ["q0", "answer 0", "q1", "answer 1"]
+    assert "Summarise" in summary_request["messages"][-1]["content"]
+    d.call("turn/start", {"session_id": sid, "prompt": "q3"})
+    sent = server.last.json["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert "the summary" in sent[0]["content"] and [m["content"] for m in sent[1:]] == ["q2", "answer 2", "q3"]
+
+
+def test_automatic_compaction_when_the_context_fills(daemon: Daemon) -> None:
+    big = "x" * 400  # about 100 tokens a message, against an 800-token window: the 4th turn starts at 700
+    sid = daemon.call("session/create", {"initial_turn": "defer", "provider": "scripted", "provider_params": {
+        **script({"text": big}, {"text": big}, {"text": big}, {"text": "SUMMARY"}, {"text": "ok"}),
+        "context_window": 800}})["session_id"]
+    for _ in range(3):
+        daemon.call("turn/start", {"session_id": sid, "prompt": big})
+    r = daemon.call("turn/start", {"session_id": sid, "prompt": big})
+    kinds = [e["event"]["type"] for e in daemon.events(sid, r["turn_id"])]
+    assert kinds[:3] == ["turn_started", "compaction_started", "compaction_completed"], kinds
+    assert r["text"] == "ok"
+    started = [e["event"] for e in daemon.events(sid) if e["event"]["type"] == "compaction_started"]
+    assert started == [{"type": "compaction_started", "reason": "auto"}]
+
+
+def test_compaction_errors_and_edits(daemon: Daemon) -> None:
+    off = deferred(daemon, compaction=False)
+    assert daemon.error("session/compact", {"session_id": off})["code"] == -32005
+    sid = deferred(daemon, {"text": "a"}, {"text": "b"}, {"text": "SUMMARY"})
+    daemon.call("turn/start", {"session_id": sid, "prompt": "q0"})
+    daemon.call("turn/start", {"session_id": sid, "prompt": "q1"})
+    bad = daemon.error("session/compact", {"session_id": sid, "keep_last": 99})
+    assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.keep_last"
+    daemon.call("session/compact", {"session_id": sid, "keep_last": 2})
+    refused = daemon.error("session/rewrite", {"session_id": sid, "start": 0, "end": 1, "replacement": [],
+                                               "reason": {"kind": "edit"}})
+    assert refused["data"]["details"]["reason"] == "before_compaction_boundary"
+    assert refused["data"]["details"]["boundary"] == 2
+    # after the boundary, edits go on; a fork of the whole transcript keeps the compaction
+    fork = daemon.call("session/fork", {"session_id": sid})
+    assert daemon.error("session/rewrite", {"session_id": fork["session_id"], "start": 0, "end": 1,
+                                            "replacement": [], "reason": {"kind": "edit"}})["data"]["code"] == "SESSION_ERROR"
+    # a fork before the summary has no compaction: every message is editable
+    early = daemon.call("session/fork", {"session_id": sid, "message_index": 2})
+    daemon.call("session/rewrite", {"session_id": early["session_id"], "start": 0, "end": 2, "replacement": [],
+                                    "reason": {"kind": "edit"}})
+    assert daemon.error("session/compact", {"session_id": "nope"})["code"] == -32001

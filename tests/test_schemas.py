@@ -189,6 +189,7 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     c.call("session/history", {"session_id": sid, "offset": 1, "limit": 3})
     c.call("providers/list", {})
     c.call("mcp/servers", {})
+    c.call("session/compact", {"session_id": sid, "keep_last": 2})
     c.call("session/archive", {"session_id": dsid})
     c.call("session/list", {"include_archived": True})
     c.call("session/history", {"session_id": dsid})
@@ -248,7 +249,7 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     seen = c.check_lines() | t.check_lines()
     expected = {"turn_started", "text_delta", "reasoning_delta", "tool_call_requested", "usage", "turn_completed",
                 "system_context_applied", "retrying", "turn_failed", "tool_execution_started",
-                "tool_execution_completed", "budget_warning", "transcript_changed", "steer_applied"}
+                "tool_execution_completed", "budget_warning", "transcript_changed", "steer_applied", "compaction_started", "compaction_completed"}
     assert expected <= seen, f"these events were never emitted, so never checked: {sorted(expected - seen)}"
     assert c.errors_checked >= 6
     missing = set(METHODS) - c.called - t.called

@@ -101,7 +101,13 @@ async def _check_tail(db: Any, path: Path, start: int, calls: Calls, where: str)
 async def _settle(db: Any, session_id: str, path: Path, pending: Calls | None) -> None:
     """Bring what hangs off the transcript in line with it: the pending tool calls (a
     transcript ending in unanswered calls has them pending, as in the staged flow), the
-    system-context keys it holds, and the last assistant text."""
+    system-context keys it holds, the last assistant text, and the last compaction (dropped
+    when the transcript no longer holds its summary: the model then sees every message)."""
+    row = await sessions.get_session(db, session_id)
+    if row is not None and row.compaction_summary is not None:
+        where = await transcripts.find(db, row.compaction_summary)
+        if where is None or path.index_of(*where) is None:
+            await sessions.update_session(db, session_id, compaction_summary=None, compaction_keep_from=None)
     if pending is not None:
         await staging.clear_tool_state(db, session_id)
         if pending.unanswered:
@@ -110,6 +116,16 @@ async def _settle(db: Any, session_id: str, path: Path, pending: Calls | None) -
     tail = await transcripts.read(db, path, max(0, path.count - WINDOW), WINDOW)
     last = next((text_of(m) for m in reversed(tail) if m.role == "assistant"), None)
     await sessions.update_session(db, session_id, updated_at_ms=now_ms(), last_assistant_text=last)
+
+
+async def _compaction_boundary(db: Any, row: sessions.SessionRow, head: Path) -> int | None:
+    """The index of the first message the model still sees after the session's last
+    compaction (what came before is summarised), or None."""
+    marker = row.compaction_keep_from or row.compaction_summary
+    if marker is None:
+        return None
+    where = await transcripts.find(db, marker)
+    return None if where is None else head.index_of(*where)
 
 
 class TranscriptEditor:
@@ -200,7 +216,14 @@ class TranscriptEditor:
 
     async def rewrite(self, p: RewriteParams) -> EditResult:
         async def unit(db: Any, events: list[Numbered]) -> EditResult:
-            _row, head = await self._editable(db, p.session_id, p.expected_revision, "rewrite it between turns")
+            row, head = await self._editable(db, p.session_id, p.expected_revision, "rewrite it between turns")
+            boundary = await _compaction_boundary(db, row, head)
+            if boundary is not None and p.start < boundary:
+                raise errors.FailedWithData(
+                    f"Messages before {boundary} were compacted: the model sees their summary, not them. "
+                    "Fork the session before the boundary to edit them",
+                    {"reason": "before_compaction_boundary", "session_id": p.session_id, "boundary": boundary},
+                )
             if p.start > p.end:
                 raise errors.InvalidRequest.at("$.start", f"must not be after end ({p.end})")
             if p.end > head.count:

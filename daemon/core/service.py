@@ -53,6 +53,8 @@ from protocol.types import (
     ToolUseBlock,
     TurnInterruptParams,
     TurnStartParams,
+    CompactParams,
+    CompactResult,
     TurnSteerParams,
     TurnSteerResult,
     Usage,
@@ -212,6 +214,7 @@ class SessionService:
             mcp_servers=list(p.mcp_servers),
             output_schema=p.output_schema,
             structured_output_retries=p.structured_output_retries,
+            compaction=p.compaction,
         )
         key = None
         if p.idempotency_key is not None:
@@ -375,7 +378,11 @@ class SessionService:
         output_schema: dict[str, Any] | None = None,
         structured_output_retries: int | None = None,
         provider: str | None = None,
+        compact: int | None = None,
+        ran: list[Turn] | None = None,
     ) -> RunResult:
+        """``compact``: this turn only compacts the session, keeping that many messages
+        (``session/compact``); ``ran`` gets the Turn, for what it did besides its result."""
         turn_id = new_id()
 
         async def claim(db: Any) -> tuple[sessions.SessionRow, list[Message], list[staging.Staged], tuple[int, int]]:
@@ -428,7 +435,7 @@ class SessionService:
             text = "\n\n".join(t for t in (row.staged_prompt, prompt) if t)
             if text:
                 new.append(Message(index + len(new), "user", [TextBlock(text)], now, new_id(), turn_id))
-            if not any(m.role in ("user", "tool") for m in new):
+            if compact is None and not any(m.role in ("user", "tool") for m in new):
                 raise errors.InvalidRequest.at("$.prompt", "must not be empty")
             await transcripts.append(db, session_id, new)
             await turn_rows.insert_turn(
@@ -475,6 +482,11 @@ class SessionService:
             budget=row.budget,
             tool_timeout_ms=row.tool_timeout_ms,
             mcp_servers=self._mcp_servers(row),
+            compaction=row.compaction,
+            compaction_summary=row.compaction_summary,
+            compaction_keep_from=row.compaction_keep_from,
+            context_window=self.providers.context_window(row.provider, row.model, row.provider_params or {}),
+            compact_only=compact,
             output_schema=output_schema if output_schema is not None else row.output_schema,
             structured_output_retries=(
                 structured_output_retries if structured_output_retries is not None else row.structured_output_retries
@@ -489,6 +501,8 @@ class SessionService:
             turn.scope.cancel()
         if on_claim is not None:
             on_claim(turn.scope)
+        if ran is not None:
+            ran.append(turn)
         log.info("turn_started", session_id=session_id, turn_id=turn_id, provider=row.provider)
         try:
             result = await turn.run()
@@ -524,6 +538,26 @@ class SessionService:
         row = await self.session_row(session_id, archived=True)
         names = {s.name for s in self._mcp_servers(row)}
         return [s for s in statuses if s.name in names]
+
+    async def compact(self, p: CompactParams) -> CompactResult:
+        """``session/compact``: a turn of its own that only summarises (the session's
+        provider writes the summary); busy while another turn runs."""
+        row = await self._live_session(p.session_id)
+        if not row.compaction:
+            raise errors.CompactionDisabled(
+                f"Session {p.session_id!r} was created with compaction: false; fork it to compact a copy"
+            )
+        if p.keep_last > row.message_count:
+            raise errors.InvalidRequest.at("$.keep_last", f"must be at most message_count ({row.message_count})")
+        ran: list[Turn] = []
+        await self._run_turn(p.session_id, "", compact=p.keep_last, ran=ran)
+        done = ran[0].compacted if ran else None
+        if done is None:
+            raise errors.FailedWithData(
+                "Nothing to compact: the model already sees only the messages to keep",
+                {"reason": "nothing_to_compact", "session_id": p.session_id, "keep_last": p.keep_last},
+            )
+        return done
 
     async def interrupt(self, p: TurnInterruptParams) -> InterruptResult:
         turn = self.turns.get(p.session_id)

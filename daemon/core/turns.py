@@ -22,6 +22,8 @@ from msgspec import UNSET
 
 from protocol.events import (
     BudgetWarning,
+    CompactionCompleted,
+    CompactionStarted,
     Event,
     ReasoningDelta as ReasoningDeltaEvent,
     Retrying,
@@ -39,6 +41,7 @@ from protocol.types import (
     Block,
     Budget,
     BudgetUse,
+    CompactResult,
     McpServerInput,
     Message,
     ReasoningBlock,
@@ -68,6 +71,15 @@ from ..logs import get_logger
 
 log = get_logger("warren.turns")
 
+COMPACT_AT = 0.8  # of the model's context window: a call this full makes the turn compact first
+KEEP_LAST = 4  # messages an automatic compaction keeps as they are
+SUMMARY_PROMPT = (
+    "You summarise a conversation between a user and an AI agent so that the agent can go on "
+    "with only your summary and the latest messages. Keep every fact, decision, file name, "
+    "open question and task still to do; leave out pleasantries."
+)
+SUMMARY_REQUEST = "Summarise the conversation so far, as the agent's notes to itself."
+
 _json = msgspec.json.Decoder()
 
 
@@ -91,6 +103,11 @@ class TurnSetup(msgspec.Struct):
     mcp_servers: list[McpServerInput] = msgspec.field(default_factory=list)  # the config's and the session's
     output_schema: dict[str, Any] | None = None
     structured_output_retries: int = 2
+    compaction: bool = True
+    compaction_summary: str | None = None  # the last compaction's summary message id
+    compaction_keep_from: str | None = None  # and the first message it kept
+    context_window: int = 200_000
+    compact_only: int | None = None  # session/compact: this "turn" compacts, keeping this many
 
 
 class _Block(msgspec.Struct):
@@ -244,6 +261,8 @@ class Turn:
         #: ``turn/interrupt`` with ``when: "boundary"``: end after the current call's tool step.
         self.stop_at_boundary = False
         self.answers = 0  # final answers checked against ``output_schema``
+        self.compacted: CompactResult | None = None
+        self.last_input_tokens = 0  # the last model call's input, to know when to compact
         self.structured: Any = UNSET
         self.structured_error: StructuredOutputError | None = None
         #: The outcome, once the turn ended: its RunResult, or the error it failed with.
@@ -353,8 +372,18 @@ class Turn:
         for staged in setup.applied_context:
             await self.emit(_applied(staged))
         budget = setup.budget or Budget()
+        if setup.compact_only is not None:
+            with anyio.CancelScope(shield=True):
+                await self._compact(setup.compact_only, "manual")
+                return await self._commit([], end=("completed", "end_turn"))
         while True:
+            # the last call's reported input, or before the first call an estimate
+            filled = self.last_input_tokens or _tokens(self._context())
+            if setup.compaction and filled >= COMPACT_AT * setup.context_window:
+                await self._compact(KEEP_LAST, "auto")
             output = await self._model_call(tools)
+            if output.usage is not None:
+                self.last_input_tokens = output.usage.input_tokens
             if setup.output_schema is not None:
                 output.take_tool(STRUCTURED_OUTPUT)  # a forced tool's input is the answer's text
             calls = output.tool_calls()
@@ -404,6 +433,57 @@ class Turn:
                 self.step = None
                 if self.stop_at_boundary:
                     return await self._finish_interrupted("interrupted")
+
+    # ------------------------------------------------------------------ context and compaction
+
+    def _context(self) -> list[Message]:
+        """What the model is sent: the history, or, after a compaction, its summary and the
+        messages it kept (the history itself keeps every message)."""
+        setup = self.setup
+        if setup.compaction_summary is None:
+            return self.history
+        ids = {m.message_id: i for i, m in enumerate(self.history)}
+        summary = ids.get(setup.compaction_summary)
+        if summary is None:
+            return self.history
+        start = ids.get(setup.compaction_keep_from, summary) if setup.compaction_keep_from else summary
+        return [self.history[summary]] + [m for m in self.history[start:] if m.message_id != setup.compaction_summary]
+
+    async def _compact(self, keep_last: int, reason: str) -> None:
+        """Summarise what the model sees, but its last ``keep_last`` messages, in a call of
+        its own, and from now on send the summary instead. A kept part never starts with
+        tool results whose calls would be summarised away."""
+        context = self._context()
+        cut = max(0, len(context) - keep_last)
+        while 0 < cut < len(context) and context[cut].role == "tool":
+            cut -= 1
+        if cut == 0:
+            return
+        await self.emit(CompactionStarted(reason))  # type: ignore[arg-type]
+        request = base.ModelRequest(
+            model=self.setup.model, system=SUMMARY_PROMPT, max_tokens=self.setup.max_tokens, tools=[],
+            messages=for_provider(context[:cut], self.setup.provider) + [Message(
+                len(context), "user", [TextBlock(SUMMARY_REQUEST)], now_ms(), new_id(), self.turn_id)],
+            provider_params=self.setup.provider_params, state=self.setup.provider_state,
+        )
+        assert self.provider is not None
+        output = CallOutput()
+        async with aclosing(self.provider.stream(request)) as stream:  # type: ignore[type-var]
+            async for delta in stream:
+                output.feed(delta)
+        summary = Message(self.message_count, "system", [TextBlock(output.text() or "(no summary)")], now_ms(),
+                          new_id(), self.turn_id, "compaction")
+        keep_from = context[cut].message_id if cut < len(context) else None
+        before = _tokens(context)
+        self.setup.compaction_summary, self.setup.compaction_keep_from = summary.message_id, keep_from
+        after = _tokens([summary] + context[cut:])
+        self.compacted = CompactResult(self.session_id, summary.message_id, cut, before, after)
+        self.last_input_tokens = 0
+        await self._commit(
+            [summary], usage=output.usage or Usage.zero(),
+            events=[CompactionCompleted(summary.message_id, cut, before, after)], steer=False,
+            session_fields={"compaction_summary": summary.message_id, "compaction_keep_from": keep_from},
+        )
 
     def _check_answer(self, output: CallOutput) -> str | None:
         """With ``output_schema``: check a final answer. Returns the correction to send
@@ -471,7 +551,7 @@ class Turn:
             output_schema=s.output_schema,
             model=s.model,
             system=s.system,
-            messages=for_provider(self.history, s.provider),
+            messages=for_provider(self._context(), s.provider),
             tools=tools,
             max_tokens=s.max_tokens,
             provider_params=s.provider_params,
@@ -544,6 +624,7 @@ class Turn:
         pending: list[ToolCall] | None = None,
         last_text: str | None = None,
         steer: bool = True,
+        session_fields: dict[str, Any] | None = None,
     ) -> RunResult | None:
         """One unit: append ``new`` plus any system context staged meanwhile, add usage,
         store the turn's events, and either keep the turn running or end it
@@ -592,7 +673,7 @@ class Turn:
             }
             if last_text:
                 fields["last_assistant_text"] = last_text
-            await sessions.update_session(db, sid, **fields)
+            await sessions.update_session(db, sid, **fields, **(session_fields or {}))
             if end is not None:
                 await event_rows.set_next_seq(db, sid, next_seq)
                 await turn_rows.end_turn(db, turn_id, status=end[0], stop_reason=end[1], usage=turn_usage,
@@ -735,6 +816,12 @@ def for_provider(history: list[Message], provider: str) -> list[Message]:
         if m.role == "assistant" else m
         for m in history
     ]
+
+
+def _tokens(messages: list[Message]) -> int:
+    """A model-free estimate: four characters a token."""
+    chars = sum(len(getattr(b, "text", "") or getattr(b, "content", "") or "") for m in messages for b in m.content)
+    return math.ceil(chars / 4)
 
 
 def _stop_reason(stop: str | None) -> StopReason:

@@ -284,6 +284,9 @@ class WarrenFrontend:
         async def append_messages(p: t.AppendParams, ctx: RequestContext) -> t.AppendResult:
             return await service().edits.append(p)
 
+        async def compact(p: t.CompactParams, ctx: RequestContext) -> t.CompactResult:
+            return await service().compact(p)
+
         async def steer(p: t.TurnSteerParams, ctx: RequestContext) -> t.TurnSteerResult:
             return await service().steer(p)
 
@@ -316,6 +319,7 @@ class WarrenFrontend:
             "session/append": append_messages,
             "mcp/servers": mcp_servers,
             "turn/steer": steer,
+            "session/compact": compact,
         }
         missing = set(METHODS) ^ set(handlers)
         if missing:

@@ -55,6 +55,13 @@ def _config_failure(exc: ConfigError) -> errors.WarrenError:
     return errors.FailedWithData(exc.message, exc.details)
 
 
+#: Context windows of well-known models, by name prefix (first match wins).
+KNOWN_WINDOWS = (
+    ("claude", 200_000), ("gpt-4.1", 1_047_576), ("gpt-5", 400_000), ("gpt-4o", 128_000),
+    ("o3", 200_000), ("o4", 200_000), ("llama3", 128_000), ("qwen", 32_768), ("mistral", 32_768),
+)
+
+
 class ProviderRegistry:
     """The configured providers plus the built-in ``scripted``.
 
@@ -113,6 +120,21 @@ class ProviderRegistry:
             provider = build_provider(config)
         self._instances[name] = provider
         return provider
+
+    def context_window(self, name: str, model: str | None, provider_params: dict[str, Any]) -> int:
+        """The model's context window in tokens, for automatic compaction: the provider's
+        ``context_window`` in the config, else a well-known model's, else 128,000 (the
+        scripted provider takes ``provider_params.context_window``, default 200,000)."""
+        if name == SCRIPTED:
+            window = provider_params.get("context_window")
+            return window if isinstance(window, int) and window > 0 else 200_000
+        configured = self.config.providers.get(name)
+        if configured is not None and configured.context_window:
+            return configured.context_window
+        for prefix, window in KNOWN_WINDOWS:
+            if (model or "").startswith(prefix):
+                return window
+        return 128_000
 
     def check_params(self, name: str, provider_params: dict[str, Any] | None, path: str) -> None:
         """Reject provider_params the provider cannot use, before anything is stored."""

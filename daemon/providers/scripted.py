@@ -70,6 +70,8 @@ class ScriptStep(Struct, forbid_unknown_fields=True):
 
 class ScriptedParams(Struct, forbid_unknown_fields=True):
     script: list[ScriptStep] = []
+    #: The model's context window in tokens, as automatic compaction reads it.
+    context_window: Annotated[int, Meta(ge=1)] | None = None
 
 
 def _chunks(text: str, size: int) -> list[str]:

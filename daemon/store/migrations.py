@@ -255,6 +255,11 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE sessions ADD COLUMN output_schema TEXT;
     ALTER TABLE sessions ADD COLUMN structured_output_retries INTEGER NOT NULL DEFAULT 2
     """),
+    Migration("compaction", """
+    ALTER TABLE sessions ADD COLUMN compaction INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE sessions ADD COLUMN compaction_summary TEXT;
+    ALTER TABLE sessions ADD COLUMN compaction_keep_from TEXT
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

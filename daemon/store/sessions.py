@@ -47,6 +47,10 @@ class SessionRow(msgspec.Struct):
     mcp_servers: list[McpServerInput] = []
     output_schema: dict[str, Any] | None = None  # every turn's, unless turn/start gives one
     structured_output_retries: int = 2
+    compaction: bool = True
+    #: The last compaction: its summary message, and the first message kept after it (ids).
+    compaction_summary: str | None = None
+    compaction_keep_from: str | None = None
 
 
 _SESSION_COLUMNS = """
@@ -55,7 +59,7 @@ _SESSION_COLUMNS = """
     s.cache_read_tokens, s.cache_write_tokens, s.last_assistant_text, s.budget,
     s.provider_params, s.provider_state, s.staged_prompt, s.tools, s.next_seq,
     t.turn_id, t.owner, s.tool_timeout_ms, s.pieces, s.forked_from, s.cwd, s.title, s.mcp_servers,
-    s.output_schema, s.structured_output_retries
+    s.output_schema, s.structured_output_retries, s.compaction, s.compaction_summary, s.compaction_keep_from
 """
 _SESSION_FROM = "sessions s LEFT JOIN turns t ON t.session_id = s.session_id AND t.status = 'running'"
 
@@ -94,6 +98,9 @@ def _session(row: Any) -> SessionRow:
         mcp_servers=_mcp.decode(row[28]),
         output_schema=ANY.decode(row[29]) if row[29] else None,
         structured_output_retries=row[30],
+        compaction=bool(row[31]),
+        compaction_summary=row[32],
+        compaction_keep_from=row[33],
     )
 
 
@@ -109,8 +116,8 @@ async def insert_session(db: Any, row: SessionRow) -> None:
         """INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, provider, model,
                system_prompt, max_tokens, labels, budget, provider_params, provider_state,
                staged_prompt, tools, next_seq, tool_timeout_ms, pieces, forked_from, cwd, title, mcp_servers,
-               output_schema, structured_output_retries)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               output_schema, structured_output_retries, compaction, compaction_summary, compaction_keep_from)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             row.session_id,
             row.created_at_ms,
@@ -134,6 +141,9 @@ async def insert_session(db: Any, row: SessionRow) -> None:
             dumps(row.mcp_servers),
             dumps(row.output_schema) if row.output_schema is not None else None,
             row.structured_output_retries,
+            int(row.compaction),
+            row.compaction_summary,
+            row.compaction_keep_from,
         ),
     )
     if row.labels:
