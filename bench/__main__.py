@@ -1,6 +1,6 @@
 """``python -m bench [--json PATH] [--only KEY ...] [--profile DIR]``
 
-Runs the thirteen measurements of the benchmark in order, printing each table as it completes.
+Runs the fourteen measurements of the benchmark in order, printing each table as it completes.
 A section that cannot be measured (the daemon crashed or answered wrongly) is reported
 and the others still run; only then is the exit status non-zero. Slow numbers never fail.
 """
@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import acp_mcp, coldstart, events, memory, paging, providers, report, throughput, tools, transcripts
+from . import acp_mcp, coldstart, compaction, events, memory, paging, providers, report, throughput, tools, transcripts
 from .client import Daemon
 from .results import Section
 
@@ -42,6 +42,9 @@ SECTIONS: dict[str, str] = {
     "acp_mcp": "warren acp and MCP tool sources: acp cold start beside serve's, time to the first "
                "agent_message_chunk, MCP tool round trip beyond the server's own time (target median < 2 ms), "
                "daemon RSS with one MCP server",
+    "compaction": "Compaction of a 10,000-message session vs. a 10-message one (daemon time; the scripted "
+                  "model answers at once), history pages after it, and the first turn after it vs. the same "
+                  "turn uncompacted (no targets)",
 }
 
 
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "coldstart": coldstart.run, "roundtrip": throughput.run_round_trips, "deltas": throughput.run_deltas,
         "memory": memory.run, "providers": providers.run, "tools": tools.run,
         "replay": events.run_replay, "cross_daemon": events.run_cross_daemon, "paused_rss": events.run_paused,
-        "transcripts": transcripts.run, "acp_mcp": acp_mcp.run,
+        "transcripts": transcripts.run, "acp_mcp": acp_mcp.run, "compaction": compaction.run,
     }
     for key in SECTIONS:
         if key == "history" and ("history" in wanted or "list" in wanted):

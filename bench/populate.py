@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -82,15 +83,22 @@ def _messages(count: int, created_ms: int, turn_ids: list[str], first_id: int) -
     return out
 
 
-def build(path: Path, *, sessions: int = 10_000, big_messages: int = 100_000, small_messages: int = 2) -> Populated:
+def build(
+    path: Path, *, sessions: int = 10_000, big_messages: int = 100_000, small_messages: int = 2,
+    provider_params: dict[str, Any] | None = None, provider_state: dict[str, Any] | None = None,
+) -> Populated:
     """``sessions`` sessions of ``small_messages`` messages each, one of which (the one in
-    the middle of the update order) has ``big_messages`` instead."""
+    the middle of the update order) has ``big_messages`` instead. Every session's provider is
+    ``scripted``, with ``provider_params`` (none by default: it echoes) and ``provider_state``
+    (where its script stands: ``{"position": n}``; empty by default, the first step)."""
     start = time.perf_counter()
     db = _open(path)
     conn = db.raw
     big_index = sessions // 2
     big_id = small_id = ""
     total = 0
+    params = None if provider_params is None else _dumps(provider_params).decode()
+    state = _dumps(provider_state or {}).decode()
     conn.execute("BEGIN")
     for i in range(sessions):
         created = BASE_MS + i * 1_000
@@ -105,10 +113,10 @@ def build(path: Path, *, sessions: int = 10_000, big_messages: int = 100_000, sm
         labels = labels_for(i)
         conn.execute(
             """INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, provider, model, labels,
-                   input_tokens, output_tokens, last_assistant_text, provider_state, next_seq)
-               VALUES (?, ?, ?, 'scripted', 'bench-model', ?, ?, ?, ?, '{}', ?)""",
+                   input_tokens, output_tokens, last_assistant_text, provider_params, provider_state, next_seq)
+               VALUES (?, ?, ?, 'scripted', 'bench-model', ?, ?, ?, ?, ?, ?, ?)""",
             (sid, created, updated, _dumps(labels).decode(), 10 * n, 12 * n, f"assistant reply {i}",
-             1 + 10 * len(turns)),
+             params, state, 1 + 10 * len(turns)),
         )
         conn.executemany(
             "INSERT INTO session_labels (session_id, key, value) VALUES (?, ?, ?)",

@@ -44,6 +44,7 @@ METHODS: dict[str, MethodSpec] = {
     "mcp/servers": MethodSpec(t.McpServersParams, (t.McpServersResult,)),
     "turn/steer": MethodSpec(t.TurnSteerParams, (t.TurnSteerResult,)),
     "session/compact": MethodSpec(t.CompactParams, (t.CompactResult,)),
+    "session/blob": MethodSpec(t.BlobParams, (t.BlobResult,)),
 }
 
 

@@ -82,7 +82,31 @@ class ToolResultBlock(Struct, tag_field="type", tag="tool_result"):
     is_error: bool = False
 
 
-Block = Union[TextBlock, ReasoningBlock, ToolUseBlock, ToolResultBlock]
+class ImageBlock(Struct, tag_field="type", tag="image"):
+    """An image in history: stored once per content hash; ``session/blob`` gives its bytes."""
+
+    mime_type: str
+    sha256: str
+    bytes: int
+
+
+ImageMime = Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
+
+
+class ImageInput(Struct, tag_field="type", tag="image", forbid_unknown_fields=True):
+    """An image in a prompt: its bytes in base64."""
+
+    mime_type: ImageMime
+    data: str
+
+
+class TextInput(Struct, tag_field="type", tag="text", forbid_unknown_fields=True):
+    text: str
+
+
+Block = Union[TextBlock, ReasoningBlock, ToolUseBlock, ToolResultBlock, ImageBlock]
+#: What a prompt may be: text, or blocks of text and images.
+Prompt = Union[str, Annotated[list[Union[TextInput, ImageInput]], Meta(min_length=1)]]
 
 
 class Message(Struct, omit_defaults=True):
@@ -164,6 +188,7 @@ class Limits(Struct):
     max_line_bytes: int
     max_page_size: int
     coalesce_after_lines: int
+    max_image_bytes: int
 
 
 class InitializeResult(Struct):
@@ -197,7 +222,7 @@ class McpServerInput(Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 class SessionCreateParams(Params):
-    prompt: str | None = None
+    prompt: Prompt | None = None
     model: NonEmptyStr | None = None
     provider: NonEmptyStr | None = None
     system_prompt: str | None = None
@@ -232,7 +257,7 @@ class TurnStartParams(Params):
     """``provider`` (with ``model``) moves the session to another provider from this turn on."""
 
     session_id: str
-    prompt: str
+    prompt: Prompt
     system_prompt: str | None = None
     turn_tool_overlay: ToolOverlay | None = None
     model: NonEmptyStr | None = None
@@ -589,3 +614,16 @@ class CompactResult(Struct):
     replaced_count: int
     tokens_before: int
     tokens_after: int
+
+
+# ---------------------------------------------------------------- images (section 12)
+
+
+class BlobParams(Params):
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class BlobResult(Struct):
+    sha256: str
+    mime_type: str
+    data: str  # base64

@@ -4,6 +4,8 @@ against the fake HTTP servers, whose requests are asserted)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -361,3 +363,56 @@ def test_compaction_errors_and_edits(daemon: Daemon) -> None:
     daemon.call("session/rewrite", {"session_id": early["session_id"], "start": 0, "end": 2, "replacement": [],
                                     "reason": {"kind": "edit"}})
     assert daemon.error("session/compact", {"session_id": "nope"})["code"] == -32001
+
+
+# ---------------------------------------------------------------- images
+
+PNG = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cf000000030101008f4b9ad10000000049454e44ae426082")).decode()
+
+
+def test_an_image_prompt_is_stored_once_and_fetched_by_hash(daemon: Daemon) -> None:
+    prompt = [{"type": "text", "text": "what is this?"}, {"type": "image", "mime_type": "image/png", "data": PNG}]
+    r = daemon.call("session/create", {"prompt": prompt, "provider": "scripted"})
+    assert r["usage"]["input_tokens"] >= 1000  # the scripted provider counts an image as 1,000 tokens
+    user = daemon.call("session/history", {"session_id": r["session_id"]})["messages"][0]
+    raw = base64.b64decode(PNG)
+    digest = hashlib.sha256(raw).hexdigest()
+    assert user["content"] == [{"type": "text", "text": "what is this?"},
+                               {"type": "image", "mime_type": "image/png", "sha256": digest, "bytes": len(raw)}]
+    assert daemon.call("session/blob", {"sha256": digest}) == {"sha256": digest, "mime_type": "image/png", "data": PNG}
+    again = daemon.call("turn/start", {"session_id": r["session_id"], "prompt": [
+        {"type": "image", "mime_type": "image/png", "data": PNG}]})
+    assert again["stop_reason"] == "end_turn"
+    unknown = daemon.error("session/blob", {"sha256": "0" * 64})
+    assert unknown["data"]["details"]["reason"] == "unknown_blob"
+
+
+def test_bad_images_are_refused_with_the_path_and_nothing_is_written(daemon: Daemon) -> None:
+    def create(image: dict[str, Any]) -> dict[str, Any]:
+        return daemon.error("session/create", {"provider": "scripted", "prompt": [{"type": "text", "text": "x"}, image]})
+
+    wrong_type = create({"type": "image", "mime_type": "image/tiff", "data": PNG})
+    assert wrong_type["code"] == -32602 and wrong_type["data"]["errors"][0]["path"] == "$.prompt[1].mime_type"
+    not_base64 = create({"type": "image", "mime_type": "image/png", "data": "%%% not base64"})
+    assert not_base64["data"]["errors"][0]["path"] == "$.prompt[1].data"
+    too_big = create({"type": "image", "mime_type": "image/png",
+                      "data": base64.b64encode(b"\0" * (5 * 1024 * 1024 + 1)).decode()})
+    assert too_big["data"]["errors"][0]["path"] == "$.prompt[1].data" and "max_image_bytes" in too_big["message"]
+    assert daemon.call("session/list")["sessions"] == []
+
+
+def test_images_are_sent_in_each_providers_format(spawn: Spawn, server: FakeLLMServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, openai_section(server, "oai", extra='default_model = "m"') + claude_section(server))
+    d = spawn("--config", str(config), env={"WARREN_TEST_CLAUDE_KEY": "sk-ant-test-images-0000"})
+    prompt = [{"type": "text", "text": "look"}, {"type": "image", "mime_type": "image/png", "data": PNG}]
+    server.enqueue(openai_stream("a pixel"))
+    d.call("session/create", {"prompt": prompt, "provider": "oai"})
+    assert server.last.json["messages"][-1] == {"role": "user", "content": [
+        {"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}
+    server.enqueue(anthropic_stream(text_block("a pixel")))
+    d.call("session/create", {"prompt": prompt, "provider": "claude"})
+    assert server.last.json["messages"][-1] == {"role": "user", "content": [
+        {"type": "text", "text": "look"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}

@@ -190,6 +190,11 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     c.call("providers/list", {})
     c.call("mcp/servers", {})
     c.call("session/compact", {"session_id": sid, "keep_last": 2})
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNg+M8AAAADAQEAj0ua0QAAAABJRU5ErkJggg=="
+    pictured = c.call("turn/start", {"session_id": sid, "prompt": [{"type": "text", "text": "look"},
+                                                                   {"type": "image", "mime_type": "image/png", "data": png}]})
+    picture = c.call("session/history", {"session_id": sid, "offset": pictured["message_count"] - 2, "limit": 1})
+    c.call("session/blob", {"sha256": picture["messages"][0]["content"][1]["sha256"]})
     c.call("session/archive", {"session_id": dsid})
     c.call("session/list", {"include_archived": True})
     c.call("session/history", {"session_id": dsid})

@@ -591,7 +591,8 @@ def test_initialize(spawn: Spawn) -> None:
     assert {"turn_started", "text_delta", "reasoning_delta", "tool_call_requested", "usage",
             "turn_completed", "turn_failed", "retrying", "system_context_applied"} <= set(caps["events"])
     assert "scripted" in caps["providers"]
-    assert result["limits"] == {"max_line_bytes": 8192, "max_page_size": 1000, "coalesce_after_lines": 1024}
+    assert result["limits"] == {"max_line_bytes": 8192, "max_page_size": 1000, "coalesce_after_lines": 1024,
+                               "max_image_bytes": 5 * 1024 * 1024}
     assert result["capabilities"]["event_subscriptions"] is True
     # optional: no params at all works too
     assert d.call("initialize")["protocol_version"] == 1

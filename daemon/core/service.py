@@ -8,6 +8,7 @@ for every session, and at any later claim for that session.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any, Awaitable, Callable
 
@@ -35,6 +36,7 @@ from protocol.types import (
     InterruptResult,
     McpServerInput,
     Message,
+    Prompt,
     RunResult,
     SessionCreateParams,
     SessionHistoryPage,
@@ -53,6 +55,8 @@ from protocol.types import (
     ToolUseBlock,
     TurnInterruptParams,
     TurnStartParams,
+    BlobParams,
+    BlobResult,
     CompactParams,
     CompactResult,
     TurnSteerParams,
@@ -64,7 +68,8 @@ from .. import errors
 from ..store import sessions, staging, transcripts, turns as turn_rows
 from ..clock import new_id, now_ms
 from ..store import events as event_rows
-from . import structured
+from . import images, structured
+from ..store import blobs
 from .edits import TranscriptEditor
 from .events import EventBus, Numbered, Sink
 from ..providers import ProviderRegistry
@@ -182,6 +187,9 @@ class SessionService:
         defer = p.initial_turn == "defer"
         if not defer and p.prompt is None:
             raise errors.InvalidRequest.at("$.prompt", 'required unless initial_turn is "defer"')
+        staged = defer and p.deferred_prompt_policy == "stage" and p.prompt
+        if staged and images.prompt_blocks(p.prompt)[1]:
+            raise errors.InvalidRequest.at("$.prompt", "a staged prompt holds text only: send images with turn/start")
         check_tool_defs(p.tools)
         check_mcp_servers(p.mcp_servers)
         structured.check_schema(p.output_schema)
@@ -204,7 +212,7 @@ class SessionService:
             budget=p.budget,
             provider_params=p.provider_params,
             provider_state={},
-            staged_prompt=p.prompt if defer and p.deferred_prompt_policy == "stage" and p.prompt else None,
+            staged_prompt=images.text_of(p.prompt) if staged else None,
             tools=list(p.tools),
             next_seq=1,
             running_turn_id=None,
@@ -364,7 +372,7 @@ class SessionService:
     async def _run_turn(
         self,
         session_id: str,
-        prompt: str,
+        prompt: Prompt,
         *,
         new_session: sessions.SessionRow | None = None,
         system_prompt: str | None = None,
@@ -384,6 +392,7 @@ class SessionService:
         """``compact``: this turn only compacts the session, keeping that many messages
         (``session/compact``); ``ran`` gets the Turn, for what it did besides its result."""
         turn_id = new_id()
+        prompt_content, prompt_images = images.prompt_blocks(prompt)  # checked before anything is written
 
         async def claim(db: Any) -> tuple[sessions.SessionRow, list[Message], list[staging.Staged], tuple[int, int]]:
             if new_session is not None:
@@ -432,9 +441,16 @@ class SessionService:
             for s in applied:  # context, and steers that came after the last turn's last boundary
                 new.append(Message(index + len(new), s.role, [TextBlock(s.text)], now, new_id(), turn_id, s.source,  # type: ignore[arg-type]
                                    s.idempotency_key))
-            text = "\n\n".join(t for t in (row.staged_prompt, prompt) if t)
-            if text:
-                new.append(Message(index + len(new), "user", [TextBlock(text)], now, new_id(), turn_id))
+            content = list(prompt_content)
+            if row.staged_prompt:  # the deferred create's prompt opens this one
+                if content and isinstance(content[0], TextBlock):
+                    content[0] = TextBlock(f"{row.staged_prompt}\n\n{content[0].text}")
+                else:
+                    content.insert(0, TextBlock(row.staged_prompt))
+            if content:
+                new.append(Message(index + len(new), "user", content, now, new_id(), turn_id))
+            for sha, mime, data in prompt_images:
+                await blobs.put(db, sha, mime, data, now)
             if compact is None and not any(m.role in ("user", "tool") for m in new):
                 raise errors.InvalidRequest.at("$.prompt", "must not be empty")
             await transcripts.append(db, session_id, new)
@@ -558,6 +574,12 @@ class SessionService:
                 {"reason": "nothing_to_compact", "session_id": p.session_id, "keep_last": p.keep_last},
             )
         return done
+
+    async def blob(self, p: BlobParams) -> BlobResult:
+        found = await self.store.read(lambda db: blobs.get(db, p.sha256), small=False)
+        if found is None:
+            raise errors.FailedWithData(f"No image {p.sha256}", {"reason": "unknown_blob", "sha256": p.sha256})
+        return BlobResult(p.sha256, found[0], base64.b64encode(found[1]).decode())
 
     async def interrupt(self, p: TurnInterruptParams) -> InterruptResult:
         turn = self.turns.get(p.session_id)

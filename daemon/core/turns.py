@@ -65,7 +65,8 @@ from .events import EventBus, Numbered, TurnLog
 from ..providers import ProviderRegistry, base
 from ..providers.base import STRUCTURED_OUTPUT
 from ..store import Store
-from . import structured
+from . import images, structured
+from ..store import blobs
 from .tools import ClientChannel, ClientSource, McpManagerLike, McpSource, StepRunner, Toolbox, offered
 from ..logs import get_logger
 
@@ -246,6 +247,7 @@ class Turn:
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.history: list[Message] = []
+        self.images: dict[str, tuple[str, bytes]] = {}
         self.message_count = setup.message_count
         self.usage = Usage.zero()
         self.tool_calls: list[ToolCall] = []
@@ -364,6 +366,8 @@ class Turn:
         if self.deadline_s:
             self.deadline.deadline = anyio.current_time() + self.deadline_s
         self.history = await self.store.read(lambda db: transcripts.all_messages(db, self.session_id), small=False)
+        wanted = images.image_hashes(self.history)
+        self.images = await self.store.read(lambda db: blobs.get_many(db, wanted), small=False) if wanted else {}
         if setup.model is None:
             await self._discover_model()
         self.toolbox = toolbox = await self._toolbox()
@@ -548,6 +552,7 @@ class Turn:
     async def _model_call(self, tools: list[ToolDef]) -> CallOutput:
         s = self.setup
         request = base.ModelRequest(
+            images=self.images,
             output_schema=s.output_schema,
             model=s.model,
             system=s.system,

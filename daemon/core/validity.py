@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.types import Message, ReasoningBlock, TextBlock, ToolCall, ToolResultBlock, ToolUseBlock
+from protocol.types import ImageBlock, Message, ReasoningBlock, TextBlock, ToolCall, ToolResultBlock, ToolUseBlock
 
 Problem = dict[str, str]
 
@@ -71,6 +71,8 @@ def _shape(message: Message, path: str) -> list[Problem]:
             problems.append({"path": where, "message": "tool_result blocks belong in tool messages"})
         elif isinstance(block, TextBlock) and role == "tool":
             problems.append({"path": where, "message": "a tool message holds only tool_result blocks"})
+        elif isinstance(block, ImageBlock) and role not in ("user", "system"):
+            problems.append({"path": where, "message": "image blocks belong in user messages"})
     return problems
 
 

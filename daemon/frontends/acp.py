@@ -30,11 +30,13 @@ from protocol.errors import ErrorObject, error_object
 from protocol.events import AnyEvent
 from protocol.types import (
     ForkParams,
+    ImageInput,
     McpServerInput,
     Message,
     ReasoningBlock,
     SessionCreateParams,
     TextBlock,
+    TextInput,
     ToolCall,
     ToolResultBlock,
     ToolUseBlock,
@@ -218,12 +220,20 @@ class AcpFrontend:
         return acp.ConfigOption("model", "Model", current, [acp.SelectOption(v, v) for v in values], "select",
                                 category="model", description=f"The model of {provider}")
 
-    def _prompt_text(self, blocks: list[dict[str, Any]]) -> str:
-        """An ACP prompt as the turn's text. Images and audio wait for image input in the
-        session service: they are refused by name, like any unknown block type."""
+    def _prompt(self, blocks: list[dict[str, Any]]) -> tuple[str, list[ImageInput]]:
+        """An ACP prompt as the turn's text and images. Audio is refused by name, like any
+        unknown block type."""
         parts: list[str] = []
+        pictures: list[ImageInput] = []
         for i, raw in enumerate(blocks):
             kind = raw.get("type") if isinstance(raw, dict) else None
+            if kind == "image":
+                try:
+                    image = msgspec.convert(raw, acp.ImageContent)
+                    pictures.append(msgspec.convert({"mime_type": image.mime_type, "data": image.data}, ImageInput))
+                except msgspec.ValidationError as exc:
+                    raise errors.InvalidRequest.at(f"$.prompt[{i}]", str(exc)) from None
+                continue
             if kind not in ("text", "resource_link", "resource"):
                 raise errors.InvalidRequest.at(f"$.prompt[{i}].type", f"content blocks of type {kind!r} are not supported")
             try:
@@ -238,9 +248,9 @@ class AcpFrontend:
                 body = block.resource.text if block.resource.text is not None else "(binary content)"
                 parts.append(f'<resource uri="{block.resource.uri}">\n{body}\n</resource>')
         text = "\n\n".join(p for p in parts if p)
-        if not text.strip():
-            raise errors.InvalidRequest.at("$.prompt", "must hold some text")
-        return text
+        if not text.strip() and not pictures:
+            raise errors.InvalidRequest.at("$.prompt", "must hold some text or an image")
+        return text, pictures
 
     async def _replay(self, session_id: str) -> None:
         """``session/load``: the stored transcript as the updates that made it."""
@@ -282,7 +292,7 @@ class AcpFrontend:
                 acp.negotiate(p.protocol_version),
                 acp.AgentCapabilities(
                     load_session=True,
-                    prompt_capabilities=acp.PromptCapabilities(image=False, audio=False, embedded_context=True),
+                    prompt_capabilities=acp.PromptCapabilities(image=True, audio=False, embedded_context=True),
                     mcp_capabilities=acp.McpCapabilities(http=True, sse=False),
                     session_capabilities=acp.SessionCapabilities(list={}, resume={}, close={}, delete={}, fork={}),
                 ),
@@ -366,11 +376,12 @@ class AcpFrontend:
                     scope.cancel()
 
             try:
-                text = self._prompt_text(p.prompt)
-                title = text.strip().splitlines()[0][:TITLE_CHARS]
+                text, pictures = self._prompt(p.prompt)
+                title = (text.strip().splitlines() or ["(image)"])[0][:TITLE_CHARS]
                 if await service().name(p.session_id, title):
                     self._send(p.session_id, acp.SessionInfoUpdate(title=title))
-                result = await service().start_turn(TurnStartParams(p.session_id, text), on_claim=claimed)
+                prompt: Any = ([TextInput(text)] if text else []) + pictures if pictures else text
+                result = await service().start_turn(TurnStartParams(p.session_id, prompt), on_claim=claimed)
             finally:
                 if self._prompts.get(p.session_id) is state:
                     del self._prompts[p.session_id]

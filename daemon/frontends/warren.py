@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
-from protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
+from protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES, MAX_IMAGE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
 from protocol import types as t
 from protocol.events import (
     DELTA_TYPES,
@@ -207,7 +207,7 @@ class WarrenFrontend:
                     providers=self.providers.names(),
                 ),
                 limits=t.Limits(max_line_bytes=self.max_line_bytes, max_page_size=MAX_PAGE_SIZE,
-                                coalesce_after_lines=self.coalesce_after_lines),
+                                coalesce_after_lines=self.coalesce_after_lines, max_image_bytes=MAX_IMAGE_BYTES),
             )
 
         async def shutdown(p: t.ShutdownParams, ctx: RequestContext) -> t.EmptyResult:
@@ -284,6 +284,9 @@ class WarrenFrontend:
         async def append_messages(p: t.AppendParams, ctx: RequestContext) -> t.AppendResult:
             return await service().edits.append(p)
 
+        async def blob(p: t.BlobParams, ctx: RequestContext) -> t.BlobResult:
+            return await service().blob(p)
+
         async def compact(p: t.CompactParams, ctx: RequestContext) -> t.CompactResult:
             return await service().compact(p)
 
@@ -320,6 +323,7 @@ class WarrenFrontend:
             "mcp/servers": mcp_servers,
             "turn/steer": steer,
             "session/compact": compact,
+            "session/blob": blob,
         }
         missing = set(METHODS) ^ set(handlers)
         if missing:

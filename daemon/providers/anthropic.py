@@ -12,6 +12,8 @@ the same way for every provider. The cache parts are also reported separately.
 
 from __future__ import annotations
 
+import base64
+
 from contextlib import aclosing
 
 from typing import Any, AsyncIterator
@@ -40,7 +42,7 @@ from daemon.providers.http import (
     error_from_payload,
     with_missing_tool_results,
 )
-from protocol.types import Message, ReasoningBlock, TextBlock, ToolResultBlock, ToolUseBlock, Usage
+from protocol.types import ImageBlock, Message, ReasoningBlock, TextBlock, ToolResultBlock, ToolUseBlock, Usage
 
 API_VERSION = "2023-06-01"
 #: The API requires max_tokens; used when the request has none.
@@ -72,7 +74,7 @@ class AnthropicProvider(HTTPProvider):
         }
         if request.system:
             body["system"] = request.system
-        body["messages"] = to_anthropic_messages(request.messages)
+        body["messages"] = to_anthropic_messages(request.messages, request.images)
         if request.tools:
             tools = []
             for tool in request.tools:
@@ -117,7 +119,9 @@ class AnthropicProvider(HTTPProvider):
 # ---------------------------------------------------------------- history → API messages
 
 
-def to_anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
+def to_anthropic_messages(
+    messages: list[Message], images: dict[str, tuple[str, bytes]] | None = None
+) -> list[dict[str, Any]]:
     """Map Warren's history to Messages API ``messages``.
 
     - ``tool`` messages become ``user`` messages of ``tool_result`` blocks.
@@ -132,7 +136,7 @@ def to_anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
     """
     out: list[dict[str, Any]] = []
     for message in with_missing_tool_results(messages):
-        role, blocks = _convert(message)
+        role, blocks = _convert(message, images or {})
         if not blocks:
             continue
         if out and out[-1]["role"] == role:
@@ -145,7 +149,7 @@ def to_anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
-def _convert(message: Message) -> tuple[str, list[dict[str, Any]]]:
+def _convert(message: Message, images: dict[str, tuple[str, bytes]]) -> tuple[str, list[dict[str, Any]]]:
     blocks: list[dict[str, Any]] = []
     if message.role == "assistant":
         for block in message.content:
@@ -173,6 +177,10 @@ def _convert(message: Message) -> tuple[str, list[dict[str, Any]]]:
         elif isinstance(block, TextBlock) and block.text:
             text = f"<system-context>\n{block.text}\n</system-context>" if message.role == "system" else block.text
             blocks.append({"type": "text", "text": text})
+        elif isinstance(block, ImageBlock):
+            mime, data = images.get(block.sha256, (block.mime_type, b""))
+            blocks.append({"type": "image", "source": {"type": "base64", "media_type": mime,
+                                                       "data": base64.b64encode(data).decode()}})
     return "user", blocks
 
 

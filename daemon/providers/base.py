@@ -40,6 +40,8 @@ class ModelRequest(msgspec.Struct):
     state: dict[str, Any] = msgspec.field(default_factory=dict)
     #: Answer with JSON matching this schema (the provider's native mode where it has one).
     output_schema: dict[str, Any] | None = None
+    #: The bytes of the images ``messages`` name: sha256 -> (mime type, bytes).
+    images: dict[str, tuple[str, bytes]] = msgspec.field(default_factory=dict)
 
 
 class TextDelta(msgspec.Struct, frozen=True):

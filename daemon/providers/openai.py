@@ -27,6 +27,8 @@ Compatibility choices, each because real servers differ from api.openai.com:
 
 from __future__ import annotations
 
+import base64
+
 from contextlib import aclosing
 
 import uuid
@@ -61,7 +63,7 @@ from daemon.providers.http import (
     error_from_response,
     with_missing_tool_results,
 )
-from protocol.types import Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
+from protocol.types import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
 
 #: provider_params keys Warren sets itself; given in provider_params they are ignored.
 #: Everything else (``temperature``, ``top_p``, ``seed``, ``stop``, ``reasoning_effort``,
@@ -99,7 +101,8 @@ class OpenAIProvider(HTTPProvider):
                 f"no model for provider {self.name!r}: pass model, or set default_model in its config",
                 retryable=False,
             )
-        body: dict[str, Any] = {"model": model, "messages": to_openai_messages(request.system, request.messages)}
+        body: dict[str, Any] = {"model": model, "messages": to_openai_messages(request.system, request.messages,
+                                                                               request.images)}
         if request.tools:
             tools = []
             for tool in request.tools:
@@ -170,7 +173,9 @@ class OpenAIProvider(HTTPProvider):
 # ---------------------------------------------------------------- history → API messages
 
 
-def to_openai_messages(system: str | None, messages: list[Message]) -> list[dict[str, Any]]:
+def to_openai_messages(
+    system: str | None, messages: list[Message], images: dict[str, tuple[str, bytes]] | None = None
+) -> list[dict[str, Any]]:
     """Map the system prompt and Warren's history to Chat Completions ``messages``.
 
     ``system`` history messages stay in place as ``system`` messages. Each tool result becomes
@@ -216,7 +221,15 @@ def to_openai_messages(system: str | None, messages: list[Message]) -> list[dict
                 tool_slot += 1
             else:
                 out.append(result)
-        if texts:
+        pictures = [b for b in message.content if isinstance(b, ImageBlock)]
+        if pictures and images is not None:
+            parts: list[dict[str, Any]] = [{"type": "text", "text": t} for t in texts]
+            for picture in pictures:
+                mime, data = images.get(picture.sha256, (picture.mime_type, b""))
+                url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            out.append({"role": "user", "content": parts})
+        elif texts:
             out.append({"role": "system" if message.role == "system" else "user", "content": "\n\n".join(texts)})
     return out
 

@@ -14,7 +14,10 @@ import anyio
 import msgspec
 from msgspec import Meta, Struct
 
-from protocol.types import Message, TextBlock, ToolResultBlock, ToolUseBlock, ReasoningBlock, Usage
+from protocol.types import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, ReasoningBlock, Usage
+
+#: An image counts as this many characters of input (1,000 tokens), whatever its size.
+IMAGE_CHARS = 4000
 
 from .base import (
     Delta,
@@ -86,6 +89,8 @@ def _message_chars(messages: list[Message]) -> int:
                 total += len(b.text)
             elif isinstance(b, ToolResultBlock):
                 total += len(b.content)
+            elif isinstance(b, ImageBlock):
+                total += IMAGE_CHARS
             elif isinstance(b, ToolUseBlock):
                 total += len(msgspec.json.encode(b.arguments))
     return total

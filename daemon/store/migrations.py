@@ -260,6 +260,14 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE sessions ADD COLUMN compaction_summary TEXT;
     ALTER TABLE sessions ADD COLUMN compaction_keep_from TEXT
     """),
+    Migration("blobs", """
+    CREATE TABLE blobs (
+        sha256 TEXT PRIMARY KEY,
+        mime_type TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,59 @@
+"""Prompts with images: decoding and checking them at the door, and the blocks history keeps.
+
+An image is checked (a known type, valid base64, at most ``MAX_IMAGE_BYTES``) before anything
+is written, hashed, and stored once per hash (``store.blobs``); the message holds only an
+``ImageBlock`` naming it. Providers are handed the bytes when a request is built.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+from protocol import MAX_IMAGE_BYTES
+from protocol.types import Block, ImageBlock, ImageInput, Prompt, TextBlock, TextInput
+
+from .. import errors
+
+Blob = tuple[str, str, bytes]  # sha256, mime type, bytes
+
+
+def prompt_blocks(prompt: Prompt | None, path: str = "$.prompt") -> tuple[list[Block], list[Blob]]:
+    """A prompt as message blocks, and the images to store. A string is one text block."""
+    if prompt is None:
+        return [], []
+    if isinstance(prompt, str):
+        return ([TextBlock(prompt)] if prompt else []), []
+    blocks: list[Block] = []
+    blobs: list[Blob] = []
+    for i, item in enumerate(prompt):
+        if isinstance(item, TextInput):
+            blocks.append(TextBlock(item.text))
+            continue
+        assert isinstance(item, ImageInput)
+        try:
+            data = base64.b64decode(item.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise errors.InvalidRequest.at(f"{path}[{i}].data", "not valid base64") from None
+        if len(data) > MAX_IMAGE_BYTES:
+            raise errors.InvalidRequest.at(
+                f"{path}[{i}].data", f"the image has {len(data)} bytes; limits.max_image_bytes is {MAX_IMAGE_BYTES}"
+            )
+        if not data:
+            raise errors.InvalidRequest.at(f"{path}[{i}].data", "the image is empty")
+        sha = hashlib.sha256(data).hexdigest()
+        blobs.append((sha, item.mime_type, data))
+        blocks.append(ImageBlock(item.mime_type, sha, len(data)))
+    return blocks, blobs
+
+
+def text_of(prompt: Prompt | None) -> str:
+    """The text parts of a prompt (for a title, a log line)."""
+    if prompt is None or isinstance(prompt, str):
+        return prompt or ""
+    return "\n\n".join(p.text for p in prompt if isinstance(p, TextInput))
+
+
+def image_hashes(messages: list) -> list[str]:  # type: ignore[type-arg]
+    return sorted({b.sha256 for m in messages for b in m.content if isinstance(b, ImageBlock)})
