@@ -248,6 +248,7 @@ def _report_turns(section: Section, samples: dict[str, list[float]], results: di
                  f"alternating); the scripted reply is {len(REPLY)} characters in 8-character deltas, at once. "
                  f"The model was sent ~{results['turn']['usage']['input_tokens']:,} input tokens after compaction, "
                  f"~{results['turn_uncompacted']['usage']['input_tokens']:,} without (the provider's estimate). "
-                 f"Every turn first reads the whole transcript (compacted or not): the in-process row times that "
-                 f"read alone (transcripts.all_messages on the uncompacted file, not through the daemon). "
+                 f"An uncompacted turn first reads the whole transcript; a compacted one reads from the first "
+                 f"kept message on. The in-process row times the whole read alone (transcripts.all_messages on "
+                 f"the uncompacted file, not through the daemon). "
                  f"The issue sets no targets for this section: the numbers are for the record.")

@@ -365,7 +365,7 @@ class Turn:
         self.deadline_s = base.turn_timeout_s(self.provider)
         if self.deadline_s:
             self.deadline.deadline = anyio.current_time() + self.deadline_s
-        self.history = await self.store.read(lambda db: transcripts.all_messages(db, self.session_id), small=False)
+        self.history = await self.store.read(self._load_history, small=False)
         wanted = images.image_hashes(self.history)
         self.images = await self.store.read(lambda db: blobs.get_many(db, wanted), small=False) if wanted else {}
         if setup.model is None:
@@ -439,6 +439,20 @@ class Turn:
                     return await self._finish_interrupted("interrupted")
 
     # ------------------------------------------------------------------ context and compaction
+
+    async def _load_history(self, db: Any) -> list[Message]:
+        """The transcript as far as the model will see it: after a compaction, from the
+        first kept message on (the summary comes after it), not the summarised part."""
+        path = await transcripts.head(db, self.session_id)
+        if path is None:
+            return []
+        start = 0
+        marker = self.setup.compaction_keep_from or self.setup.compaction_summary
+        if marker is not None:
+            where = await transcripts.find(db, marker)
+            index = None if where is None else path.index_of(*where)
+            start = index if index is not None else 0
+        return await transcripts.read(db, path, start, path.count - start)
 
     def _context(self) -> list[Message]:
         """What the model is sent: the history, or, after a compaction, its summary and the
