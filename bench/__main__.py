@@ -1,6 +1,6 @@
 """``python -m bench [--json PATH] [--only KEY ...] [--profile DIR]``
 
-Runs the fourteen measurements of the benchmark in order, printing each table as it completes.
+Runs the fifteen measurements of the benchmark in order, printing each table as it completes.
 A section that cannot be measured (the daemon crashed or answered wrongly) is reported
 and the others still run; only then is the exit status non-zero. Slow numbers never fail.
 """
@@ -15,7 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import acp_mcp, coldstart, compaction, events, memory, paging, providers, report, throughput, tools, transcripts
+from . import (acp_mcp, coldstart, compaction, events, images, memory, paging, providers, report, throughput, tools,
+               transcripts)
 from .client import Daemon
 from .results import Section
 
@@ -45,6 +46,8 @@ SECTIONS: dict[str, str] = {
     "compaction": "Compaction of a 10,000-message session vs. a 10-message one (daemon time; the scripted "
                   "model answers at once), history pages after it, and the first turn after it vs. the same "
                   "turn uncompacted (no targets)",
+    "images": "Prompts with a 1 MiB image: turn/start written to the OpenAI-compatible server receiving the HTTP "
+              "request, beside a tiny text prompt, and the request body's size (no targets)",
 }
 
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "coldstart": coldstart.run, "roundtrip": throughput.run_round_trips, "deltas": throughput.run_deltas,
         "memory": memory.run, "providers": providers.run, "tools": tools.run,
         "replay": events.run_replay, "cross_daemon": events.run_cross_daemon, "paused_rss": events.run_paused,
-        "transcripts": transcripts.run, "acp_mcp": acp_mcp.run, "compaction": compaction.run,
+        "transcripts": transcripts.run, "acp_mcp": acp_mcp.run, "compaction": compaction.run, "images": images.run,
     }
     for key in SECTIONS:
         if key == "history" and ("history" in wanted or "list" in wanted):

@@ -48,9 +48,10 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from .client import ROOT, BenchError, Daemon, encode_request, read_turn, result_of
 from .results import Metric, Section, Target, latency_metric, summarize
@@ -77,7 +78,7 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wall_offset() -> float:
+def wall_offset() -> float:
     """``time.time() - time.monotonic()``; the median of three, in case of a preemption."""
     return sorted(time.time() - time.monotonic() for _ in range(3))[1]
 
@@ -92,6 +93,18 @@ class _Turn:
     server_send_s: float  # server: first body byte to last chunk written
     first_batch: int  # text_delta lines in the client's first read that had any
     clock_ok: bool
+
+
+def turn_exchange(server: Any, before: int, what: str) -> Any:
+    """The one chat completion request a turn made, once the server has finished with it;
+    ``before`` is how many exchanges the server had recorded before the turn."""
+    exchanges = server.exchanges
+    if len(exchanges) != before + 1:
+        raise BenchError(f"{what}: the server saw {len(exchanges) - before} requests, expected 1")
+    ex = exchanges[-1]
+    if not ex.done.wait(10) or ex.outcome != "complete" or not ex.path.endswith("/chat/completions"):
+        raise BenchError(f"{what}: exchange {ex.method} {ex.path} ended {ex.outcome!r}")
+    return ex
 
 
 def _stream_response(pause_s: float = 0.0) -> Any:
@@ -113,7 +126,7 @@ def _turn(daemon: Daemon, server: Any, session_id: str, n: int) -> _Turn:
     deltas = 0
     first_batch = 0
     first_wall = last_wall = 0.0
-    offset = _wall_offset()
+    offset = wall_offset()
     start_wall = time.time()
     start = time.perf_counter()
     def on_read(n: int, _lines: int) -> None:
@@ -129,19 +142,14 @@ def _turn(daemon: Daemon, server: Any, session_id: str, n: int) -> _Turn:
     daemon.write(line)
     response = read_turn(daemon, id_, deadline, on_read)
     elapsed = time.perf_counter() - start
-    clock_ok = abs(_wall_offset() - offset) <= MAX_CLOCK_DRIFT_S
+    clock_ok = abs(wall_offset() - offset) <= MAX_CLOCK_DRIFT_S
     result = result_of(response)
     if deltas != DELTAS:
         raise BenchError(f"turn {n}: expected {DELTAS} text_delta notifications, got {deltas}")
     if result.get("text") != "x" * DELTAS or result.get("stop_reason") != "end_turn":
         raise BenchError(f"turn {n}: unexpected result (stop_reason {result.get('stop_reason')!r}, "
                          f"{len(result.get('text') or '')} characters of text)")
-    exchanges = server.exchanges
-    if len(exchanges) != before + 1:
-        raise BenchError(f"turn {n}: the server saw {len(exchanges) - before} requests, expected 1")
-    ex = exchanges[-1]
-    if not ex.done.wait(10) or ex.outcome != "complete" or not ex.path.endswith("/chat/completions"):
-        raise BenchError(f"turn {n}: exchange {ex.method} {ex.path} ended {ex.outcome!r}")
+    ex = turn_exchange(server, before, f"turn {n}")
     # steps: role chunk, DELTAS content chunks, finish, usage, [DONE]
     if ex.first_byte_at is None or len(ex.step_times) != DELTAS + 4:
         raise BenchError(f"turn {n}: the server recorded {len(ex.step_times)} chunks")
@@ -157,41 +165,58 @@ def _turn(daemon: Daemon, server: Any, session_id: str, n: int) -> _Turn:
     )
 
 
-def run(section: Section, turns: int = TURNS, paced_turns: int = PACED_TURNS) -> None:
+@contextmanager
+def low_switch_interval() -> Iterator[None]:
+    """The GIL switch interval at ``SWITCH_INTERVAL_S`` meanwhile, for a fake server thread."""
     switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        fast, paced, cpu, wall = _measure(turns, paced_turns)
+        yield
     finally:
         sys.setswitchinterval(switch)
-    _report(section, fast, paced, cpu, wall)
 
 
-def _measure(turns: int, paced_turns: int) -> tuple[list[_Turn], list[_Turn], float, float]:
+@contextmanager
+def fake_provider_daemon(default: Callable[[Any], Any] | None = None) -> Iterator[tuple[Daemon, Any]]:
+    """An initialized daemon on a fresh ``--db`` file, and the ``FakeLLMServer`` (a thread of
+    this process) it knows as provider ``fake`` (``type = "openai"``, model ``m``) through a
+    ``--config`` file. ``default(exchange)`` answers every request; None: the server's own
+    short reply."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # tests.fakes, whatever the working directory
     from tests.fakes.llm_server import FakeLLMServer
 
-    responses = {"fast": _stream_response(), "paced": _stream_response(PAUSE_S)}
-    current = ["fast"]
-    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp, \
-            FakeLLMServer(default=lambda exchange: responses[current[0]]) as server:
+    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp, FakeLLMServer(default=default) as server:
         config = Path(tmp) / "config.toml"
         config.write_text(f'[providers.fake]\ntype = "openai"\nbase_url = "{server.openai_base_url}"\n'
                           'default_model = "m"\n')
         with Daemon("--db", str(Path(tmp) / "bench.db"), "--config", str(config)) as daemon:
             daemon.initialize()
-            created = daemon.call("session/create", {"provider": "fake", "initial_turn": "defer"})
-            session_id: str = created["session_id"]
-            for n in range(WARMUP):
-                _turn(daemon, server, session_id, -1 - n)
-            cpu_before = proc_cpu_seconds(daemon.pid)
-            start = time.perf_counter()
-            fast = [_turn(daemon, server, session_id, n) for n in range(turns)]
-            wall = time.perf_counter() - start
-            cpu = proc_cpu_seconds(daemon.pid) - cpu_before
-            current[0] = "paced"
-            paced = [_turn(daemon, server, session_id, turns + n) for n in range(paced_turns)]
+            yield daemon, server
+
+
+def run(section: Section, turns: int = TURNS, paced_turns: int = PACED_TURNS) -> None:
+    with low_switch_interval():
+        fast, paced, cpu, wall = _measure(turns, paced_turns)
+    _report(section, fast, paced, cpu, wall)
+
+
+def _measure(turns: int, paced_turns: int) -> tuple[list[_Turn], list[_Turn], float, float]:
+    responses: dict[str, Any] = {}
+    current = ["fast"]
+    with fake_provider_daemon(lambda exchange: responses[current[0]]) as (daemon, server):
+        responses.update(fast=_stream_response(), paced=_stream_response(PAUSE_S))
+        created = daemon.call("session/create", {"provider": "fake", "initial_turn": "defer"})
+        session_id: str = created["session_id"]
+        for n in range(WARMUP):
+            _turn(daemon, server, session_id, -1 - n)
+        cpu_before = proc_cpu_seconds(daemon.pid)
+        start = time.perf_counter()
+        fast = [_turn(daemon, server, session_id, n) for n in range(turns)]
+        wall = time.perf_counter() - start
+        cpu = proc_cpu_seconds(daemon.pid) - cpu_before
+        current[0] = "paced"
+        paced = [_turn(daemon, server, session_id, turns + n) for n in range(paced_turns)]
     return fast, paced, cpu, wall
 
 
