@@ -247,6 +247,9 @@ class Turn:
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.history: list[Message] = []
+        #: The head transcript as this turn last committed it (it alone writes the session
+        #: while it runs), so a commit need not read it back.
+        self.path: transcripts.Path | None = None
         self.images: dict[str, tuple[str, bytes]] = {}
         self.message_count = setup.message_count
         self.usage = Usage.zero()
@@ -365,7 +368,7 @@ class Turn:
         self.deadline_s = base.turn_timeout_s(self.provider)
         if self.deadline_s:
             self.deadline.deadline = anyio.current_time() + self.deadline_s
-        self.history = await self.store.read(self._load_history, small=False)
+        self.path, self.history = await self.store.read(self._load_history, small=False)
         wanted = images.image_hashes(self.history)
         self.images = await self.store.read(lambda db: blobs.get_many(db, wanted), small=False) if wanted else {}
         if setup.model is None:
@@ -440,19 +443,19 @@ class Turn:
 
     # ------------------------------------------------------------------ context and compaction
 
-    async def _load_history(self, db: Any) -> list[Message]:
-        """The transcript as far as the model will see it: after a compaction, from the
-        first kept message on (the summary comes after it), not the summarised part."""
+    async def _load_history(self, db: Any) -> tuple[transcripts.Path | None, list[Message]]:
+        """The transcript's path, and its messages as far as the model will see them: after
+        a compaction, from the first kept message on (the summary comes after it)."""
         path = await transcripts.head(db, self.session_id)
         if path is None:
-            return []
+            return None, []
         start = 0
         marker = self.setup.compaction_keep_from or self.setup.compaction_summary
         if marker is not None:
             where = await transcripts.find(db, marker)
             index = None if where is None else path.index_of(*where)
             start = index if index is not None else 0
-        return await transcripts.read(db, path, start, path.count - start)
+        return path, await transcripts.read(db, path, start, path.count - start)
 
     def _context(self) -> list[Message]:
         """What the model is sent: the history, or, after a compaction, its summary and the
@@ -679,9 +682,11 @@ class Turn:
         next_seq = self.events.next
         keep = self.keep_delta_turns
 
-        async def unit(db: Any) -> None:
+        path = self.path
+
+        async def unit(db: Any) -> transcripts.Path:
             await staging.remove_staged_system_context(db, [s.id for s in staged_context])
-            await transcripts.append(db, sid, messages)
+            head = await transcripts.append(db, sid, messages, path)
             await sessions.add_usage(db, sid, usage)
             if pending:
                 await staging.set_pending_tool_calls(db, sid, pending)
@@ -699,9 +704,10 @@ class Turn:
                                          now_ms=now, result=result)
                 if keep is not None:
                     await event_rows.trim_deltas(db, sid, keep)
+            return head
 
         try:
-            await self.store.write(unit)
+            self.path = await self.store.write(unit)
         except BaseException:
             self.bus.unstored(self.events)
             self.bus.retract(self.events, staged)
