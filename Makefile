@@ -11,6 +11,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 .PHONY: run test schemas bench clean
 
 $(STAMP): pyproject.toml
+	@echo "warren: setting up $(VENV) (first run only: about 10 s)..." 1>&2
 	@$(PYTHON) -m venv $(VENV) 1>&2
 	@$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev]' 1>&2
 	@$(PY) -m compileall -q daemon protocol 1>&2

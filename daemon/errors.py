@@ -38,12 +38,17 @@ class SessionError(WarrenError):
 class NotFound(SessionError):
     code = "SESSION_NOT_FOUND"
 
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"No session {session_id!r}: check the id, or list sessions with session/list")
+    def __init__(self, session_id: str, *, archived: bool = False) -> None:
+        super().__init__(
+            f"Session {session_id!r} is archived: its history and events stay readable (session/history, "
+            "session/events), and session/fork makes a live copy"
+            if archived else f"No session {session_id!r}: check the id, or list sessions with session/list"
+        )
         self.session_id = session_id
+        self.archived = archived
 
     def data(self) -> dict[str, Any]:
-        return {"session_id": self.session_id}
+        return {"session_id": self.session_id, "archived": True} if self.archived else {"session_id": self.session_id}
 
 
 class Busy(SessionError):

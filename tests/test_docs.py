@@ -65,7 +65,7 @@ def test_every_error_code_is_in_the_errors_table() -> None:
 
 def test_required_sections_exist() -> None:
     for title in ("Quick start", "Transport", "Lifecycle", "Events", "Errors", "The scripted provider", "Durability",
-                  "Where this reference settles what PROTOCOL.md leaves open"):
+                  "Decisions this reference settles"):
         section(title)
 
 

@@ -82,10 +82,13 @@ log = get_logger("warren.service")
 
 
 async def _live_row(db: Any, session_id: str) -> sessions.SessionRow:
-    """The session's row; a missing or archived session is SESSION_NOT_FOUND."""
+    """The session's row; a missing or archived session is SESSION_NOT_FOUND (the message
+    says which)."""
     row = await sessions.get_session(db, session_id)
-    if row is None or row.archived:
+    if row is None:
         raise errors.NotFound(session_id)
+    if row.archived:
+        raise errors.NotFound(session_id, archived=True)
     return row
 
 
@@ -195,6 +198,7 @@ class SessionService:
         structured.check_schema(p.output_schema)
         provider, model = self.providers.resolve(p.provider, p.model)
         self.providers.check_params(provider, p.provider_params, "$.provider_params")
+        self.providers.check_credential(provider)  # before anything is stored: a retry leaves no trace
         now = now_ms()
         row = sessions.SessionRow(
             session_id=new_id(),
@@ -520,12 +524,14 @@ class SessionService:
         if ran is not None:
             ran.append(turn)
         log.info("turn_started", session_id=session_id, turn_id=turn_id, provider=row.provider)
+        log.debug("turn_prompt", session_id=session_id, turn_id=turn_id, text=images.text_of(prompt))  # debug only
         try:
             result = await turn.run()
         finally:
             self.turns.pop(session_id, None)
             self._claimed.discard(turn_id)
         log.info("turn_ended", session_id=session_id, turn_id=turn_id, stop_reason=result.stop_reason)
+        log.debug("turn_reply", session_id=session_id, turn_id=turn_id, text=result.text)  # debug only
         return result
 
     def _mcp_servers(self, row: sessions.SessionRow) -> list[McpServerInput]:

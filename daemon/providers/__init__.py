@@ -121,6 +121,17 @@ class ProviderRegistry:
         self._instances[name] = provider
         return provider
 
+    def check_credential(self, name: str) -> None:
+        """Refuse, before a session is stored, a provider that needs a key and has none: the
+        same PROVIDER_ERROR its first call would give."""
+        configured = self.config.providers.get(name)
+        if configured is not None and not configured.has_credential() and configured.is_official_endpoint():
+            where = configured.api_key_env or ("ANTHROPIC_API_KEY" if configured.type == "anthropic" else "OPENAI_API_KEY")
+            raise errors.ProviderFailed(
+                name, "auth", f"no API key for provider {name!r}: set {where} or api_key in the config file",
+                retryable=False,
+            )
+
     def context_window(self, name: str, model: str | None, provider_params: dict[str, Any]) -> int:
         """The model's context window in tokens, for automatic compaction: the provider's
         ``context_window`` in the config, else a well-known model's, else 128,000 (the

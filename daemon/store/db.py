@@ -259,7 +259,9 @@ class Store:
             self._writer = Connection(uri, uri=True, busy_timeout_ms=busy)
             self._inline = Connection(uri, uri=True, query_only=True)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for parent in reversed(self.path.parents):  # every missing parent 0700, like the default
+                if not parent.exists():
+                    parent.mkdir(mode=0o700, exist_ok=True)
             if not self.path.exists():
                 os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             self._writer = Connection(str(self.path), busy_timeout_ms=busy)

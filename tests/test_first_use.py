@@ -1,0 +1,56 @@
+"""What a newcomer hit in a first hour with the daemon (issue 11), each checked through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Callable
+
+from tests.daemon_client import Daemon
+
+Spawn = Callable[..., Daemon]
+
+
+def test_reading_an_archived_session_says_it_is_archived(daemon: Daemon) -> None:
+    sid = daemon.call("session/create", {"initial_turn": "defer", "provider": "scripted"})["session_id"]
+    daemon.call("session/archive", {"session_id": sid})
+    err = daemon.error("session/read", {"session_id": sid})
+    assert err["code"] == -32001 and "archived" in err["message"]
+    assert err["data"]["archived"] is True and err["data"]["session_id"] == sid
+    unknown = daemon.error("session/read", {"session_id": "nope"})
+    assert "archived" not in unknown["data"] and unknown["message"].startswith("No session")
+
+
+def test_a_provider_without_its_key_stores_no_session(spawn: Spawn, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[providers.claude]\ntype = "anthropic"\napi_key_env = "WARREN_TEST_NO_SUCH_KEY"\n')
+    d = spawn("--config", str(config))
+    for _ in range(3):
+        err = d.error("session/create", {"prompt": "hi", "provider": "claude"})
+        assert err["data"]["code"] == "PROVIDER_ERROR" and err["data"]["kind"] == "auth"
+        assert "WARREN_TEST_NO_SUCH_KEY" in err["message"] and "session_id" not in err["data"]
+    assert d.call("session/list", {"include_archived": True})["sessions"] == []
+
+
+def test_db_parents_are_created_readable_only_by_their_owner(spawn: Spawn, tmp_path: Path) -> None:
+    db = tmp_path / "a" / "b" / "warren.db"
+    d = spawn(db=db)
+    d.call("session/create", {"initial_turn": "defer", "provider": "scripted"})
+    for folder in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
+    assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
+
+
+def test_debug_logging_shows_prompt_and_reply_text_and_info_does_not(spawn: Spawn, tmp_path: Path) -> None:
+    for level, shown in (("debug", True), ("info", False)):
+        log = tmp_path / f"{level}.log"
+        with Daemon("--log-level", level, stderr_path=log) as d:
+            d.call("session/create", {"prompt": "a very particular prompt", "provider": "scripted"})
+        text = log.read_text()
+        assert ("a very particular prompt" in text) is shown
+        assert ("echo: a very particular prompt" in text) is shown
+        if shown:
+            events = {json.loads(line).get("event") for line in text.splitlines() if line.startswith("{")}
+            assert {"turn_prompt", "turn_reply"} <= events
