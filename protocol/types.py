@@ -76,10 +76,6 @@ class ToolUseBlock(Struct, tag_field="type", tag="tool_use"):
     arguments: dict[str, Any]
 
 
-class ToolResultBlock(Struct, tag_field="type", tag="tool_result"):
-    tool_use_id: str
-    content: str
-    is_error: bool = False
 
 
 class ImageBlock(Struct, tag_field="type", tag="image"):
@@ -102,6 +98,16 @@ class ImageInput(Struct, tag_field="type", tag="image", forbid_unknown_fields=Tr
 
 class TextInput(Struct, tag_field="type", tag="text", forbid_unknown_fields=True):
     text: str
+
+
+class ToolResultBlock(Struct, tag_field="type", tag="tool_result"):
+    """``images``: what the tool returned besides its text (an MCP tool's image content, or
+    a ``tool/execute`` answer's ``images``), stored like a prompt's images."""
+
+    tool_use_id: str
+    content: str
+    is_error: bool = False
+    images: list[ImageBlock] | UnsetType = UNSET
 
 
 Block = Union[TextBlock, ReasoningBlock, ToolUseBlock, ToolResultBlock, ImageBlock]
@@ -572,6 +578,7 @@ class ToolExecuteResult(Struct):
 
     content: str
     is_error: bool = False
+    images: list[ImageInput] = []
 
 
 # ---------------------------------------------------------------- MCP servers (section 11)

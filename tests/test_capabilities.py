@@ -416,3 +416,39 @@ def test_images_are_sent_in_each_providers_format(spawn: Spawn, server: FakeLLMS
     assert server.last.json["messages"][-1] == {"role": "user", "content": [
         {"type": "text", "text": "look"},
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}
+
+
+def test_a_tools_images_are_kept_and_sent_on(spawn: Spawn, server: FakeLLMServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, openai_section(server, "oai", extra='default_model = "m"') + claude_section(server))
+    d = spawn("--config", str(config), env={"WARREN_TEST_CLAUDE_KEY": "sk-ant-test-tool-images-0000"})
+    mcp = {"name": "t", "command": sys.executable, "args": [str(Path(__file__).parent / "fakes" / "mcp_server.py")]}
+    server.enqueue(anthropic_stream(tool_use_block("toolu_1", "t__image", {})), anthropic_stream(text_block("a dot")))
+    r = d.call("session/create", {"prompt": "draw", "provider": "claude", "mcp_servers": [mcp]}, timeout=30)
+    assert r["text"] == "a dot"
+    result = d.call("session/history", {"session_id": r["session_id"]})["messages"][2]["content"][0]
+    assert result["type"] == "tool_result" and result["images"][0]["mime_type"] == "image/png"
+    digest = result["images"][0]["sha256"]
+    data = d.call("session/blob", {"sha256": digest})["data"]
+    sent = server.last.json["messages"][-1]["content"][0]
+    assert sent["type"] == "tool_result" and sent["content"][1] == {
+        "type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
+    # the same history sent to an OpenAI-compatible server: the image follows the tool message
+    server.enqueue(openai_stream("still a dot"))
+    d.call("turn/start", {"session_id": r["session_id"], "prompt": "and?", "provider": "oai"})
+    messages = server.last.json["messages"]
+    tool = next(i for i, m in enumerate(messages) if m["role"] == "tool")
+    assert messages[tool + 1]["role"] == "user"
+    assert messages[tool + 1]["content"][1] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+
+
+def test_a_client_tools_images_are_kept(spawn: Spawn) -> None:
+    d = spawn()
+    d.call("initialize", {"capabilities": {"tool_execute": True}})
+    sid = deferred(d, {"tool_calls": [{"name": "t", "arguments": {}}]}, {"text": "seen"}, tools=TOOLS)
+    request = d.request("turn/start", {"session_id": sid, "prompt": "screenshot"})
+    call = d.wait_tool_requests(1)[0]
+    d.reply(call["id"], {"content": "a screenshot", "is_error": False,
+                         "images": [{"mime_type": "image/png", "data": PNG}]})
+    assert d.response(request)["result"]["text"] == "seen"
+    result = d.call("session/history", {"session_id": sid})["messages"][2]["content"][0]
+    assert result["content"] == "a screenshot" and result["images"][0]["bytes"] == len(base64.b64decode(PNG))

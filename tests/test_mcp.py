@@ -7,6 +7,8 @@ answer what the SDK will not (``mcp_http_fake.py``: HTTP 500s).
 
 from __future__ import annotations
 
+import base64
+
 import json
 import os
 import shutil
@@ -220,10 +222,12 @@ async def test_unknown_tool_is_an_error_result(shared: tuple[McpManager, Lines])
     assert result.is_error
 
 
-async def test_image_result_is_summarised(shared: tuple[McpManager, Lines]) -> None:
+async def test_image_result_is_summarised_and_kept(shared: tuple[McpManager, Lines]) -> None:
     manager, _ = shared
     result = await manager.call(sdk_spec(), "image", {}, 5)
-    assert result == McpCallResult(f"[image image/png, {PNG_SIZE} bytes]", False)
+    assert (result.content, result.is_error) == (f"[image image/png, {PNG_SIZE} bytes]", False)
+    assert [mime for mime, _ in result.images] == ["image/png"]
+    assert len(base64.b64decode(result.images[0][1])) == PNG_SIZE
 
 
 async def test_list_changed_refreshes_the_tools(shared: tuple[McpManager, Lines]) -> None:

@@ -12,7 +12,7 @@ import binascii
 import hashlib
 
 from protocol import MAX_IMAGE_BYTES
-from protocol.types import Block, ImageBlock, ImageInput, Prompt, TextBlock, TextInput
+from protocol.types import Block, ImageBlock, ImageInput, Message, Prompt, TextBlock, TextInput, ToolResultBlock
 
 from .. import errors
 
@@ -55,5 +55,33 @@ def text_of(prompt: Prompt | None) -> str:
     return "\n\n".join(p.text for p in prompt if isinstance(p, TextInput))
 
 
-def image_hashes(messages: list) -> list[str]:  # type: ignore[type-arg]
-    return sorted({b.sha256 for m in messages for b in m.content if isinstance(b, ImageBlock)})
+def image_hashes(messages: list[Message]) -> list[str]:
+    """Every image the messages name: in prompts, and in tool results."""
+    found: set[str] = set()
+    for m in messages:
+        for b in m.content:
+            if isinstance(b, ImageBlock):
+                found.add(b.sha256)
+            elif isinstance(b, ToolResultBlock) and b.images:
+                found.update(i.sha256 for i in b.images)
+    return sorted(found)
+
+
+def tool_images(items: list[tuple[str, str]]) -> tuple[list[ImageBlock], list[Blob], str | None]:
+    """A tool result's images ``(mime type, base64)``: the blocks and blobs, or why they
+    cannot be kept (the result then says so instead of carrying them)."""
+    blocks: list[ImageBlock] = []
+    blobs: list[Blob] = []
+    for mime, data in items:
+        if mime not in ("image/png", "image/jpeg", "image/gif", "image/webp"):
+            return [], [], f"an image of type {mime!r} (png, jpeg, gif or webp are kept)"
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            return [], [], "an image that is not valid base64"
+        if not raw or len(raw) > MAX_IMAGE_BYTES:
+            return [], [], f"an image of {len(raw)} bytes (at most {MAX_IMAGE_BYTES})"
+        sha = hashlib.sha256(raw).hexdigest()
+        blobs.append((sha, mime, raw))
+        blocks.append(ImageBlock(mime, sha, len(raw)))
+    return blocks, blobs, None

@@ -19,6 +19,7 @@ from protocol.events import Event, ToolExecutionCompleted, ToolExecutionStarted,
 from protocol.types import McpServerInput, ToolCall, ToolDef, ToolExecuteResult, ToolOverlay, ToolResultBlock
 
 from .. import errors
+from . import images
 from ..logs import get_logger
 
 log = get_logger("warren.tools")
@@ -114,6 +115,8 @@ def argument_problem(call: ToolCall, tool: ToolDef) -> str | None:
 
 Emit = Callable[[Event], Awaitable[None]]
 CLIENT = "client"
+#: A tool's answer: its text, whether it failed, and its images as ``(mime type, base64)``.
+Answer = tuple[str, bool, list[tuple[str, str]]]
 
 
 class ToolSource(Protocol):
@@ -126,9 +129,9 @@ class ToolSource(Protocol):
         """Whether calls can run now (a client that does not execute tools: no)."""
         ...
 
-    async def run(self, call: ToolCall, name: str, timeout_s: float) -> tuple[str, bool]:
-        """``(content, is_error)``; raises ``ClientGone`` when nobody can answer any more.
-        ``name``: the tool's own name at its source."""
+    async def run(self, call: ToolCall, name: str, timeout_s: float) -> Answer:
+        """``(content, is_error, images as (mime type, base64))``; raises ``ClientGone`` when
+        nobody can answer any more. ``name``: the tool's own name at its source."""
         ...
 
 
@@ -146,7 +149,7 @@ class ClientSource:
     def stages(self) -> bool:
         return self.channel.stages_tool_results()
 
-    async def run(self, call: ToolCall, name: str, timeout_s: float) -> tuple[str, bool]:
+    async def run(self, call: ToolCall, name: str, timeout_s: float) -> Answer:
         params = {
             "session_id": self.session_id,
             "turn_id": self.turn_id,
@@ -157,7 +160,7 @@ class ClientSource:
         try:
             return _read_answer(await self.channel.call_client("tool/execute", params, timeout_s))
         except ClientError as exc:
-            return str(exc), True
+            return str(exc), True, []
 
 
 class McpManagerLike(Protocol):
@@ -200,9 +203,9 @@ class McpSource:
             for t in listed
         ]
 
-    async def run(self, call: ToolCall, name: str, timeout_s: float) -> tuple[str, bool]:
+    async def run(self, call: ToolCall, name: str, timeout_s: float) -> Answer:
         result = await self.manager.call(self.spec, name, call.arguments, timeout_s)
-        return result.content, result.is_error
+        return result.content, result.is_error, list(result.images)
 
 
 def check_mcp_servers(servers: list[McpServerInput], path: str = "$.mcp_servers") -> None:
@@ -288,6 +291,7 @@ class StepRunner:
         self.emit = emit
         self.permit = permit
         self.results: dict[str, ToolResultBlock] = {}
+        self.blobs: list[images.Blob] = []  # the results' images, stored with the step's commit
 
     def ordered(self, missing: str) -> list[ToolResultBlock]:
         """Every call's result in the model's order; calls without one get ``missing``."""
@@ -330,7 +334,7 @@ class StepRunner:
             await self.emit(ToolExecutionStarted(call.tool_use_id, call.name, source.source))
             started = time.perf_counter()
             with anyio.fail_after(timeout_s):
-                content, is_error = await source.run(call, name, timeout_s)
+                content, is_error, pictures = await source.run(call, name, timeout_s)
         except ClientGone:
             # the turn is being interrupted by the shutdown that follows; record why
             self.results[call.tool_use_id] = ToolResultBlock(call.tool_use_id, "Tool call interrupted: the client went away", True)
@@ -340,14 +344,20 @@ class StepRunner:
             self.results[call.tool_use_id] = ToolResultBlock(call.tool_use_id, message, True)
             await self.emit(ToolExecutionTimedOut(call.tool_use_id, call.name, self.timeout_ms, source.source))
             return
-        self.results[call.tool_use_id] = ToolResultBlock(call.tool_use_id, content, is_error)
+        blocks, blobs, problem = images.tool_images(pictures)
+        if problem is not None:
+            content = f"{content}\n[the tool returned {problem}; it was left out]"
+        self.results[call.tool_use_id] = ToolResultBlock(call.tool_use_id, content, is_error,
+                                                         blocks if blocks else msgspec.UNSET)
+        self.blobs += blobs
         duration = int((time.perf_counter() - started) * 1000)
         await self.emit(ToolExecutionCompleted(call.tool_use_id, call.name, content, is_error, duration, source.source))
 
 
-def _read_answer(answer: Any) -> tuple[str, bool]:
+def _read_answer(answer: Any) -> Answer:
     try:
         result = msgspec.convert(answer, ToolExecuteResult, strict=True)
     except msgspec.ValidationError as exc:
-        return f"The client's tool/execute result was not {{content: string, is_error: bool}}: {exc}", True
-    return result.content, result.is_error
+        return (f"The client's tool/execute result was not {{content: string, is_error: bool, images?}}: {exc}",
+                True, [])
+    return result.content, result.is_error, [(i.mime_type, i.data) for i in result.images]

@@ -66,7 +66,7 @@ from ..providers import ProviderRegistry, base
 from ..providers.base import STRUCTURED_OUTPUT
 from ..store import Store
 from . import images, structured
-from ..store import blobs
+from ..store import blobs as blob_rows
 from .tools import ClientChannel, ClientSource, McpManagerLike, McpSource, StepRunner, Toolbox, offered
 from ..logs import get_logger
 
@@ -370,7 +370,7 @@ class Turn:
             self.deadline.deadline = anyio.current_time() + self.deadline_s
         self.path, self.history = await self.store.read(self._load_history, small=False)
         wanted = images.image_hashes(self.history)
-        self.images = await self.store.read(lambda db: blobs.get_many(db, wanted), small=False) if wanted else {}
+        self.images = await self.store.read(lambda db: blob_rows.get_many(db, wanted), small=False) if wanted else {}
         if setup.model is None:
             await self._discover_model()
         self.toolbox = toolbox = await self._toolbox()
@@ -436,7 +436,7 @@ class Turn:
             self.step = StepRunner(calls, toolbox, setup.tool_timeout_ms, self.emit, self._permit)
             results = await self.step.run()
             with anyio.CancelScope(shield=True):
-                await self._commit([self._tool_message(results, self.message_count)])
+                await self._commit([self._tool_message(results, self.message_count)], blobs=self.step.blobs)
                 self.step = None
                 if self.stop_at_boundary:
                     return await self._finish_interrupted("interrupted")
@@ -647,6 +647,7 @@ class Turn:
         last_text: str | None = None,
         steer: bool = True,
         session_fields: dict[str, Any] | None = None,
+        blobs: list[images.Blob] = [],
     ) -> RunResult | None:
         """One unit: append ``new`` plus any system context staged meanwhile, add usage,
         store the turn's events, and either keep the turn running or end it
@@ -686,6 +687,8 @@ class Turn:
 
         async def unit(db: Any) -> transcripts.Path:
             await staging.remove_staged_system_context(db, [s.id for s in staged_context])
+            for sha, mime, data in blobs:
+                await blob_rows.put(db, sha, mime, data, now)
             head = await transcripts.append(db, sid, messages, path)
             await sessions.add_usage(db, sid, usage)
             if pending:
@@ -713,6 +716,7 @@ class Turn:
             self.bus.retract(self.events, staged)
             raise
         self.bus.stored(self.events)
+        self.images.update({sha: (mime, data) for sha, mime, data in blobs})
         self.history.extend(messages)
         self.message_count += len(messages)
         self.usage = turn_usage

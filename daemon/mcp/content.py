@@ -46,6 +46,7 @@ def to_call_result(server: str, tool: str, result: Any) -> McpCallResult:
         return McpCallResult(f"MCP server {server!r}: tool {tool!r} answered with an invalid result", True)
     items = result.get("content")
     parts: list[str] = []
+    images: list[tuple[str, str]] = []
     has_text = False
     if isinstance(items, list):
         for item in items:
@@ -53,7 +54,9 @@ def to_call_result(server: str, tool: str, result: Any) -> McpCallResult:
                 text, is_text = _summary(item)
                 parts.append(text)
                 has_text = has_text or is_text
+                if item.get("type") == "image" and isinstance(item.get("data"), str):
+                    images.append((str(item.get("mimeType") or "image/png"), item["data"]))
     structured = result.get("structuredContent")
     if not has_text and structured is not None:
         parts.insert(0, _encoder.encode(structured).decode())
-    return McpCallResult("\n".join(parts), result.get("isError") is True)
+    return McpCallResult("\n".join(parts), result.get("isError") is True, images)

@@ -70,10 +70,12 @@ class McpTool(msgspec.Struct):
 
 class McpCallResult(msgspec.Struct):
     """The text of a result's content items joined (non-text items summarised), or the
-    ``structuredContent`` as JSON when there is no text."""
+    ``structuredContent`` as JSON when there is no text; ``images``: its image items, as
+    ``(mime type, base64)``."""
 
     content: str
     is_error: bool
+    images: list[tuple[str, str]] = []
 
 
 class McpServerStatus(msgspec.Struct):

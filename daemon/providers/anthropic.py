@@ -149,6 +149,11 @@ def to_anthropic_messages(
     return out
 
 
+def _image(block: ImageBlock, images: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+    mime, data = images.get(block.sha256, (block.mime_type, b""))
+    return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": base64.b64encode(data).decode()}}
+
+
 def _convert(message: Message, images: dict[str, tuple[str, bytes]]) -> tuple[str, list[dict[str, Any]]]:
     blocks: list[dict[str, Any]] = []
     if message.role == "assistant":
@@ -166,11 +171,14 @@ def _convert(message: Message, images: dict[str, tuple[str, bytes]]) -> tuple[st
         return "assistant", blocks
     for block in message.content:
         if isinstance(block, ToolResultBlock):
+            content: Any = block.content
+            if block.images:
+                content = [{"type": "text", "text": block.content}] + [_image(i, images) for i in block.images]
             blocks.append(
                 {
                     "type": "tool_result",
                     "tool_use_id": block.tool_use_id,
-                    "content": block.content,
+                    "content": content,
                     "is_error": block.is_error,
                 }
             )
@@ -178,9 +186,7 @@ def _convert(message: Message, images: dict[str, tuple[str, bytes]]) -> tuple[st
             text = f"<system-context>\n{block.text}\n</system-context>" if message.role == "system" else block.text
             blocks.append({"type": "text", "text": text})
         elif isinstance(block, ImageBlock):
-            mime, data = images.get(block.sha256, (block.mime_type, b""))
-            blocks.append({"type": "image", "source": {"type": "base64", "media_type": mime,
-                                                       "data": base64.b64encode(data).decode()}})
+            blocks.append(_image(block, images))
     return "user", blocks
 
 

@@ -173,6 +173,11 @@ class OpenAIProvider(HTTPProvider):
 # ---------------------------------------------------------------- history → API messages
 
 
+def _image_part(block: ImageBlock, images: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+    mime, data = images.get(block.sha256, (block.mime_type, b""))
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{base64.b64encode(data).decode()}"}}
+
+
 def to_openai_messages(
     system: str | None, messages: list[Message], images: dict[str, tuple[str, bytes]] | None = None
 ) -> list[dict[str, Any]]:
@@ -208,9 +213,12 @@ def to_openai_messages(
             open_calls = {call.id for call in calls}
             tool_slot = len(out) if calls else None
             continue
+        tool_images: list[ImageBlock] = []
         for block in message.content:
             if not isinstance(block, ToolResultBlock):
                 continue
+            if block.images:
+                tool_images += block.images
             result = {
                 "role": "tool",
                 "tool_call_id": block.tool_use_id,
@@ -221,13 +229,13 @@ def to_openai_messages(
                 tool_slot += 1
             else:
                 out.append(result)
+        if tool_images and images is not None:  # tool messages take text only: the images follow
+            out.append({"role": "user", "content": [{"type": "text", "text": "Images the tools returned:"}]
+                        + [_image_part(i, images) for i in tool_images]})
         pictures = [b for b in message.content if isinstance(b, ImageBlock)]
         if pictures and images is not None:
             parts: list[dict[str, Any]] = [{"type": "text", "text": t} for t in texts]
-            for picture in pictures:
-                mime, data = images.get(picture.sha256, (picture.mime_type, b""))
-                url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
-                parts.append({"type": "image_url", "image_url": {"url": url}})
+            parts += [_image_part(picture, images) for picture in pictures]
             out.append({"role": "user", "content": parts})
         elif texts:
             out.append({"role": "system" if message.role == "system" else "user", "content": "\n\n".join(texts)})
