@@ -129,12 +129,22 @@ class Message(Struct, omit_defaults=True):
     idempotency_key: str | None = None  # for system-context messages
 
 
+class ImagePart(Struct, tag_field="type", tag="image", forbid_unknown_fields=True, omit_defaults=True):
+    """An image in a message the client gives: new bytes (``mime_type``, ``data`` in base64),
+    or a stored image named by ``sha256`` (as history shows it; ``bytes`` is ignored)."""
+
+    mime_type: ImageMime | None = None
+    data: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+
+
 class MessageInput(Struct, forbid_unknown_fields=True):
     """A message given by the client (rewrite, fork, append): shaped as history returns
     messages; a string is one text block."""
 
     role: Role
-    content: Union[str, list[Block]]
+    content: Union[str, list[Union[TextBlock, ReasoningBlock, ToolUseBlock, ToolResultBlock, ImagePart]]]
 
 
 class ToolDef(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -288,7 +298,7 @@ class TurnInterruptParams(Params):
 class TurnSteerParams(Params):
     session_id: str
     expected_turn_id: str
-    prompt: NonEmptyStr
+    prompt: Prompt
 
 
 class TurnSteerResult(Struct):

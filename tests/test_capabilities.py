@@ -452,3 +452,31 @@ def test_a_client_tools_images_are_kept(spawn: Spawn) -> None:
     assert d.response(request)["result"]["text"] == "seen"
     result = d.call("session/history", {"session_id": sid})["messages"][2]["content"][0]
     assert result["content"] == "a screenshot" and result["images"][0]["bytes"] == len(base64.b64decode(PNG))
+
+
+def test_images_in_steers_appends_and_rewrites(daemon: Daemon) -> None:
+    image = {"type": "image", "mime_type": "image/png", "data": PNG}
+    sid = deferred(daemon, SLOW, {"text": "seen it"})
+    request = daemon.request("turn/start", {"session_id": sid, "prompt": "work"})
+    turn_id = running_turn(daemon, sid)
+    daemon.call("turn/steer", {"session_id": sid, "expected_turn_id": turn_id,
+                               "prompt": [{"type": "text", "text": "and this"}, image]})
+    assert daemon.response(request)["result"]["text"] == "seen it"
+    steer = daemon.call("session/history", {"session_id": sid})["messages"][2]
+    assert steer["role"] == "user" and [b["type"] for b in steer["content"]] == ["text", "image"]
+    digest = steer["content"][1]["sha256"]
+    # append: a new image, and a stored one named by its hash (as history shows it)
+    appended = daemon.call("session/append", {"session_id": sid, "operation_id": "img", "messages": [
+        {"role": "user", "content": [image, {"type": "image", "sha256": digest}]}]})
+    last = daemon.call("session/history", {"session_id": sid, "offset": appended["message_count"] - 1})["messages"][0]
+    assert [b["sha256"] for b in last["content"]] == [digest, digest]
+    bad = daemon.error("session/append", {"session_id": sid, "operation_id": "bad", "messages": [
+        {"role": "user", "content": [{"type": "image", "sha256": "0" * 64}]}]})
+    assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.messages[0].content[0].sha256"
+    bad = daemon.error("session/rewrite", {"session_id": sid, "start": 0, "end": 1, "reason": {"kind": "x"},
+                                           "replacement": [{"role": "user", "content": [
+                                               {"type": "image", "mime_type": "image/png", "data": "%%%"}]}]})
+    assert bad["data"]["errors"][0]["path"] == "$.replacement[0].content[0].data"
+    wrong_role = daemon.error("session/append", {"session_id": sid, "operation_id": "r", "messages": [
+        {"role": "assistant", "content": [image]}]})
+    assert wrong_role["data"]["errors"][0]["path"] == "$.messages[0].content[0]"

@@ -25,6 +25,9 @@ from protocol.types import (
     ForkParams,
     ForkPoint,
     ForkResult,
+    ImageBlock,
+    ImageInput,
+    ImagePart,
     Message,
     MessageInput,
     RestoreParams,
@@ -34,6 +37,7 @@ from protocol.types import (
     RevisionsResult,
     RewriteParams,
     TextBlock,
+    Block,
     Usage,
 )
 
@@ -42,7 +46,9 @@ from ..clock import new_id, now_ms
 from ..store import Store, revisions, sessions, staging, transcripts
 from ..store.transcripts import Path
 from .events import EventBus, Numbered
+from . import images
 from .validity import Calls, Problem, text_of
+from ..store import blobs as blob_rows
 
 WINDOW = 16  # messages read at a time around an edit
 _result_encoder = msgspec.json.Encoder()
@@ -52,12 +58,38 @@ def _hash(value: Any) -> str:
     return hashlib.sha256(_result_encoder.encode(value)).hexdigest()
 
 
-def _messages(inputs: list[MessageInput], first_index: int, now: int) -> list[Message]:
-    return [
-        Message(first_index + i, m.role, [TextBlock(m.content)] if isinstance(m.content, str) else list(m.content),
-                now, new_id())
-        for i, m in enumerate(inputs)
-    ]
+async def _messages(
+    db: Any, inputs: list[MessageInput], first_index: int, now: int, path: str, *, single: bool = False
+) -> list[Message]:
+    """The client's messages as stored ones: new images stored (once per hash), named ones
+    checked to exist. ``path``: where the list (or, ``single``, the one message) is."""
+    out = []
+    for i, m in enumerate(inputs):
+        where = path if single else f"{path}[{i}]"
+        if isinstance(m.content, str):
+            content: list[Block] = [TextBlock(m.content)]
+        else:
+            content = []
+            for j, block in enumerate(m.content):
+                content.append(await _image(db, block, f"{where}.content[{j}]", now)
+                               if isinstance(block, ImagePart) else block)
+        out.append(Message(first_index + i, m.role, content, now, new_id()))
+    return out
+
+
+async def _image(db: Any, part: ImagePart, where: str, now: int) -> ImageBlock:
+    if part.data is not None:
+        if part.mime_type is None:
+            raise errors.InvalidRequest.at(f"{where}.mime_type", "required with data")
+        block, (sha, mime, data) = images.decode(ImageInput(part.mime_type, part.data), where)
+        await blob_rows.put(db, sha, mime, data, now)
+        return block
+    if part.sha256 is None:
+        raise errors.InvalidRequest.at(where, "give data (a new image) or sha256 (a stored one)")
+    stored = await blob_rows.get(db, part.sha256)
+    if stored is None:
+        raise errors.InvalidRequest.at(f"{where}.sha256", "no stored image has this hash")
+    return ImageBlock(stored[0], part.sha256, len(stored[1]))
 
 
 def _invalid(problems: list[Problem]) -> errors.InvalidRequest:
@@ -182,7 +214,7 @@ class TranscriptEditor:
             pieces = await transcripts.cut(db, head, 0, index)
             calls = await _calls_at(db, head, index)
             if p.replacement is not None:
-                replacement = _messages([p.replacement], index, now)
+                replacement = await _messages(db, [p.replacement], index, now, "$.replacement", single=True)
                 problems = calls.take(replacement[0], "$.replacement")
                 if problems:
                     raise _invalid(problems)
@@ -229,7 +261,7 @@ class TranscriptEditor:
             if p.end > head.count:
                 raise errors.InvalidRequest.at("$.end", f"must be at most message_count ({head.count})")
             now = now_ms()
-            replacement = _messages(p.replacement, p.start, now)
+            replacement = await _messages(db, p.replacement, p.start, now, "$.replacement")
             calls = await _calls_at(db, head, p.start)
             problems: list[Problem] = []
             for i, m in enumerate(replacement):
@@ -297,7 +329,7 @@ class TranscriptEditor:
                 if where is None or head.index_of(*where) is None:
                     raise errors.StaleBranch(p.session_id, head.revision, p.requires_ancestor)
             now = now_ms()
-            new = _messages(p.messages, head.count, now)
+            new = await _messages(db, p.messages, head.count, now, "$.messages")
             calls = await _calls_at(db, head, head.count)
             problems: list[Problem] = []
             for i, m in enumerate(new):

@@ -32,20 +32,26 @@ def prompt_blocks(prompt: Prompt | None, path: str = "$.prompt") -> tuple[list[B
             blocks.append(TextBlock(item.text))
             continue
         assert isinstance(item, ImageInput)
-        try:
-            data = base64.b64decode(item.data, validate=True)
-        except (binascii.Error, ValueError):
-            raise errors.InvalidRequest.at(f"{path}[{i}].data", "not valid base64") from None
-        if len(data) > MAX_IMAGE_BYTES:
-            raise errors.InvalidRequest.at(
-                f"{path}[{i}].data", f"the image has {len(data)} bytes; limits.max_image_bytes is {MAX_IMAGE_BYTES}"
-            )
-        if not data:
-            raise errors.InvalidRequest.at(f"{path}[{i}].data", "the image is empty")
-        sha = hashlib.sha256(data).hexdigest()
-        blobs.append((sha, item.mime_type, data))
-        blocks.append(ImageBlock(item.mime_type, sha, len(data)))
+        block, blob = decode(item, f"{path}[{i}]")
+        blocks.append(block)
+        blobs.append(blob)
     return blocks, blobs
+
+
+def decode(item: ImageInput, path: str) -> tuple[ImageBlock, Blob]:
+    """One image of a request, checked: ``path`` names it in errors."""
+    try:
+        data = base64.b64decode(item.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.InvalidRequest.at(f"{path}.data", "not valid base64") from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise errors.InvalidRequest.at(
+            f"{path}.data", f"the image has {len(data)} bytes; limits.max_image_bytes is {MAX_IMAGE_BYTES}"
+        )
+    if not data:
+        raise errors.InvalidRequest.at(f"{path}.data", "the image is empty")
+    sha = hashlib.sha256(data).hexdigest()
+    return ImageBlock(item.mime_type, sha, len(data)), (sha, item.mime_type, data)
 
 
 def text_of(prompt: Prompt | None) -> str:

@@ -443,7 +443,7 @@ class SessionService:
                 await staging.clear_tool_state(db, session_id)
             applied = await staging.take_staged_system_context(db, session_id)
             for s in applied:  # context, and steers that came after the last turn's last boundary
-                new.append(Message(index + len(new), s.role, [TextBlock(s.text)], now, new_id(), turn_id, s.source,  # type: ignore[arg-type]
+                new.append(Message(index + len(new), s.role, s.blocks(), now, new_id(), turn_id, s.source,  # type: ignore[arg-type]
                                    s.idempotency_key))
             content = list(prompt_content)
             if row.staged_prompt:  # the deferred create's prompt opens this one
@@ -581,6 +581,14 @@ class SessionService:
             )
         return done
 
+    async def images_of(self, messages: list[Message]) -> dict[str, tuple[str, bytes]]:
+        """The bytes of the images the messages name."""
+        wanted = images.image_hashes(messages)
+        if not wanted:
+            return {}
+        found: dict[str, tuple[str, bytes]] = await self.store.read(lambda db: blobs.get_many(db, wanted), small=False)
+        return found
+
     async def blob(self, p: BlobParams) -> BlobResult:
         found = await self.store.read(lambda db: blobs.get(db, p.sha256), small=False)
         if found is None:
@@ -614,6 +622,11 @@ class SessionService:
     async def steer(self, p: TurnSteerParams) -> TurnSteerResult:
         """Stage a prompt for the running turn (wherever it runs): it joins as a user message
         at the turn's next model-call boundary, and the model answers it in this turn."""
+        blocks, prompt_images = images.prompt_blocks(p.prompt)
+        if not blocks:
+            raise errors.InvalidRequest.at("$.prompt", "must not be empty")
+        content = blocks if prompt_images else None
+
         async def unit(db: Any) -> str:
             row = await _live_row(db, p.session_id)
             running = row.running_turn_id if self._running(row.running_turn_id, row.running_owner) else None
@@ -623,7 +636,11 @@ class SessionService:
                     f"Turn {p.expected_turn_id!r} is not running"
                     + (f"; the running turn is {running!r}" if running else "; the session is idle"),
                 )
-            await staging.stage_system_context(db, p.session_id, p.prompt, None, None, now_ms(), role="user")
+            now = now_ms()
+            for sha, mime, data in prompt_images:
+                await blobs.put(db, sha, mime, data, now)
+            await staging.stage_system_context(db, p.session_id, images.text_of(p.prompt), None, None, now,
+                                               role="user", content=content)
             return running
 
         return TurnSteerResult(await self.store.write(unit))

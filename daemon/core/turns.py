@@ -666,7 +666,7 @@ class Turn:
         ]
         now = now_ms()
         messages = new + [
-            Message(count + len(new) + i, s.role, [TextBlock(s.text)], now, new_id(), turn_id, s.source,  # type: ignore[arg-type]
+            Message(count + len(new) + i, s.role, s.blocks(), now, new_id(), turn_id, s.source,  # type: ignore[arg-type]
                     s.idempotency_key)
             for i, s in enumerate(staged_context)
         ]
@@ -717,6 +717,9 @@ class Turn:
             raise
         self.bus.stored(self.events)
         self.images.update({sha: (mime, data) for sha, mime, data in blobs})
+        missing = [sha for sha in images.image_hashes(messages) if sha not in self.images]  # a steer's images
+        if missing:
+            self.images.update(await self.store.read(lambda db: blob_rows.get_many(db, missing), small=False))
         self.history.extend(messages)
         self.message_count += len(messages)
         self.usage = turn_usage

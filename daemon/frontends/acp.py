@@ -30,6 +30,7 @@ from protocol.errors import ErrorObject, error_object
 from protocol.events import AnyEvent
 from protocol.types import (
     ForkParams,
+    ImageBlock,
     ImageInput,
     McpServerInput,
     Message,
@@ -256,19 +257,25 @@ class AcpFrontend:
         """``session/load``: the stored transcript as the updates that made it."""
         results: dict[str, ToolResultBlock] = {}
         messages = await self.service().transcript(session_id)
+        pictures = await self.service().images_of(messages)
         for m in messages:
             for b in m.content:
                 if isinstance(b, ToolResultBlock):
                     results[b.tool_use_id] = b
         for m in messages:
-            for update in self._replayed(m, results):
+            for update in self._replayed(m, results, pictures):
                 self._send(session_id, update)
 
-    def _replayed(self, m: Message, results: dict[str, ToolResultBlock]) -> list[Any]:
+    def _replayed(
+        self, m: Message, results: dict[str, ToolResultBlock], pictures: dict[str, tuple[str, bytes]]
+    ) -> list[Any]:
         out: list[Any] = []
         for b in m.content:
             if m.role == "user" and isinstance(b, TextBlock):
                 out.append(acp.UserMessageChunk(acp.TextContent(b.text), m.message_id))
+            elif m.role == "user" and isinstance(b, ImageBlock) and b.sha256 in pictures:
+                mime, data = pictures[b.sha256]
+                out.append(acp.UserMessageChunk(acp.ImageContent(base64.b64encode(data).decode(), mime), m.message_id))
             elif m.role == "assistant" and isinstance(b, TextBlock):
                 out.append(acp.AgentMessageChunk(acp.TextContent(b.text), m.message_id))
             elif m.role == "assistant" and isinstance(b, ReasoningBlock) and b.text:

@@ -268,6 +268,9 @@ MIGRATIONS: list[Migration] = [
         created_at_ms INTEGER NOT NULL
     ) WITHOUT ROWID
     """),
+    Migration("staged_content", """
+    ALTER TABLE staged_system_context ADD COLUMN content TEXT
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from protocol.types import ToolCall
+from protocol.types import Block, TextBlock, ToolCall
 
-from .codec import ANY, dumps
+from .codec import ANY, BLOCKS, dumps
 
 
 async def pending_tool_calls(db: Any, session_id: str) -> list[ToolCall]:
@@ -63,14 +63,15 @@ async def remember_system_context_key(db: Any, session_id: str, key: str, text: 
 
 
 async def stage_system_context(
-    db: Any, session_id: str, text: str, source: str | None, key: str | None, now_ms: int, role: str = "system"
+    db: Any, session_id: str, text: str, source: str | None, key: str | None, now_ms: int, role: str = "system",
+    content: list[Any] | None = None,
 ) -> None:
     """Stage a message for the running turn's next commit point: system context, or a
     ``turn/steer`` prompt (``role="user"``)."""
     await db.execute(
-        "INSERT INTO staged_system_context (session_id, text, source, idempotency_key, created_at_ms, role)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (session_id, text, source, key, now_ms, role),
+        "INSERT INTO staged_system_context (session_id, text, source, idempotency_key, created_at_ms, role, content)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (session_id, text, source, key, now_ms, role, dumps(content) if content is not None else None),
     )
 
 
@@ -89,9 +90,13 @@ class Staged(NamedTuple):
     source: str | None
     idempotency_key: str | None
     role: str  # "system": context; "user": a turn/steer prompt
+    content: str | None  # the message's blocks as JSON, when more than its text (a steer's images)
+
+    def blocks(self) -> list[Block]:
+        return BLOCKS.decode(self.content) if self.content else [TextBlock(self.text)]
 
 
-_STAGED = "id, text, source, idempotency_key, role"
+_STAGED = "id, text, source, idempotency_key, role, content"
 
 
 async def staged_system_context(db: Any, session_id: str) -> list[Staged]:
