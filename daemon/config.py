@@ -96,6 +96,7 @@ class ProviderConfig:
     max_retries: int = 3
     api_key: str | None = field(default=None, repr=False)
     context_window: int | None = None  # tokens; else known models' windows (``providers``)
+    context_windows: dict[str, int] = field(default_factory=dict)  # per model, before ``context_window``
 
     def has_credential(self) -> bool:
         return bool(self.api_key)
@@ -125,6 +126,8 @@ class Config:
     warnings: tuple[str, ...] = ()
     #: ``[mcp_servers.NAME]``: servers whose tools every session offers.
     mcp_servers: tuple[McpServerInput, ...] = ()
+    #: ``[compaction] threshold``: how full the model's context window may get before a turn compacts.
+    compaction_threshold: float = 0.8
 
     def provider(self, name: str) -> ProviderConfig:
         try:
@@ -151,6 +154,7 @@ class _ProviderFile(Struct, forbid_unknown_fields=True):
     headers: dict[str, str] = {}
     max_retries: Annotated[int, Meta(ge=0, le=20)] = 3
     context_window: Annotated[int, Meta(ge=1024)] | None = None
+    context_windows: dict[str, Annotated[int, Meta(ge=1024)]] = {}  # per model name
     timeouts: _TimeoutsFile = msgspec.field(default_factory=_TimeoutsFile)
 
 
@@ -167,8 +171,13 @@ class _McpServerFile(Struct, forbid_unknown_fields=True):
     headers: dict[str, str] = {}
 
 
+class _CompactionFile(Struct, forbid_unknown_fields=True):
+    threshold: Annotated[float, Meta(gt=0, le=1)] = 0.8
+
+
 class _ConfigFile(Struct, forbid_unknown_fields=True):
     defaults: _DefaultsFile = msgspec.field(default_factory=_DefaultsFile)
+    compaction: _CompactionFile = msgspec.field(default_factory=_CompactionFile)
     # Validated one by one in ``_validate`` so that errors name the provider.
     providers: dict[str, dict[str, Any]] = {}
     mcp_servers: dict[str, _McpServerFile] = {}
@@ -216,7 +225,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file_path}: invalid TOML: {exc}") from None
 
-    defaults, provider_files, mcp_files = _validate(raw or {}, file_path)
+    defaults, provider_files, mcp_files, compaction = _validate(raw or {}, file_path)
     providers: dict[str, ProviderConfig] = {}
     for name, pf in provider_files.items():
         providers[name] = _provider_from_file(name, pf, env, file_path)
@@ -247,6 +256,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         path=file_path,
         file_loaded=raw is not None,
         warnings=tuple(warnings),
+        compaction_threshold=compaction.threshold,
         mcp_servers=tuple(
             McpServerInput(name, f.command, list(f.args), dict(f.env), f.url, dict(f.headers))
             for name, f in sorted(mcp_files.items())
@@ -256,7 +266,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
 
 def _validate(
     raw: dict[str, Any], file_path: Path
-) -> tuple[_DefaultsFile, dict[str, _ProviderFile], dict[str, _McpServerFile]]:
+) -> tuple[_DefaultsFile, dict[str, _ProviderFile], dict[str, _McpServerFile], _CompactionFile]:
     # tomllib already produced typed values; strict conversion keeps "10" from passing as 10.
     try:
         top = msgspec.convert(raw, _ConfigFile, strict=True)
@@ -281,7 +291,7 @@ def _validate(
             raise ConfigError(f"{file_path}: {where}: server names are letters, digits, '_', '-' (at most 64)")
         if (server.command is None) == (server.url is None):
             raise ConfigError(f"{file_path}: {where}: give either command (stdio) or url (streamable HTTP)")
-    return top.defaults, providers, top.mcp_servers
+    return top.defaults, providers, top.mcp_servers, top.compaction
 
 
 def _field_path_message(msg: str, prefix: str) -> str:
@@ -317,6 +327,7 @@ def _provider_from_file(name: str, pf: _ProviderFile, env: Mapping[str, str], fi
         turn_timeout_s=pf.timeouts.turn_s,
         max_retries=pf.max_retries,
         context_window=pf.context_window,
+        context_windows=dict(pf.context_windows),
         api_key=key,
     )
 

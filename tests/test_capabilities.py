@@ -480,3 +480,22 @@ def test_images_in_steers_appends_and_rewrites(daemon: Daemon) -> None:
     wrong_role = daemon.error("session/append", {"session_id": sid, "operation_id": "r", "messages": [
         {"role": "assistant", "content": [image]}]})
     assert wrong_role["data"]["errors"][0]["path"] == "$.messages[0].content[0]"
+
+
+def test_the_compaction_threshold_and_windows_come_from_the_config(
+    spawn: Spawn, server: FakeLLMServer, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, "[compaction]\nthreshold = 0.5\n\n" + openai_section(
+        server, "oai", extra='default_model = "m"\ncontext_windows = { "m" = 2048 }'))
+    d = spawn("--config", str(config))
+    sid = d.call("session/create", {"initial_turn": "defer", "provider": "oai"})["session_id"]
+    big = "y" * 2000  # 500 tokens a message: four of them pass half of 2,048
+    for i in range(2):
+        server.enqueue(openai_stream(big))
+        d.call("turn/start", {"session_id": sid, "prompt": big})
+    server.enqueue(openai_stream("the summary"), openai_stream("fine"))
+    r = d.call("turn/start", {"session_id": sid, "prompt": "next"})
+    started = [e["event"] for e in d.events(sid, r["turn_id"]) if e["event"]["type"] == "compaction_started"]
+    assert started == [{"type": "compaction_started", "reason": "auto"}] and r["text"] == "fine"
+    bad = write_config(tmp_path, "[compaction]\nthreshold = 2\n")
+    assert "compaction.threshold" in spawn("--config", str(bad)).call("providers/list")["config_error"]

@@ -506,6 +506,7 @@ class SessionService:
             compaction_summary=row.compaction_summary,
             compaction_keep_from=row.compaction_keep_from,
             context_window=self.providers.context_window(row.provider, row.model, row.provider_params or {}),
+            compaction_threshold=self.providers.config.compaction_threshold,
             compact_only=compact,
             output_schema=output_schema if output_schema is not None else row.output_schema,
             structured_output_retries=(

@@ -72,7 +72,6 @@ from ..logs import get_logger
 
 log = get_logger("warren.turns")
 
-COMPACT_AT = 0.8  # of the model's context window: a call this full makes the turn compact first
 KEEP_LAST = 4  # messages an automatic compaction keeps as they are
 SUMMARY_PROMPT = (
     "You summarise a conversation between a user and an AI agent so that the agent can go on "
@@ -108,6 +107,7 @@ class TurnSetup(msgspec.Struct):
     compaction_summary: str | None = None  # the last compaction's summary message id
     compaction_keep_from: str | None = None  # and the first message it kept
     context_window: int = 200_000
+    compaction_threshold: float = 0.8
     compact_only: int | None = None  # session/compact: this "turn" compacts, keeping this many
 
 
@@ -386,7 +386,7 @@ class Turn:
         while True:
             # the last call's reported input, or before the first call an estimate
             filled = self.last_input_tokens or _tokens(self._context())
-            if setup.compaction and filled >= COMPACT_AT * setup.context_window:
+            if setup.compaction and filled >= setup.compaction_threshold * setup.context_window:
                 await self._compact(KEEP_LAST, "auto")
             output = await self._model_call(tools)
             if output.usage is not None:

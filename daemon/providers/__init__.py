@@ -140,6 +140,8 @@ class ProviderRegistry:
             window = provider_params.get("context_window")
             return window if isinstance(window, int) and window > 0 else 200_000
         configured = self.config.providers.get(name)
+        if configured is not None and model in configured.context_windows:
+            return configured.context_windows[model]  # type: ignore[index]
         if configured is not None and configured.context_window:
             return configured.context_window
         for prefix, window in KNOWN_WINDOWS:
