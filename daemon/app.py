@@ -97,7 +97,8 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=CANCEL_METHOD,
                     shutdown_grace_s=options.shutdown_grace_s, on_first_line=lambda: root.start_soon(warm_up))
         frontend = WarrenFrontend(peer, registry, service, max_line_bytes=options.max_line_bytes,
-                                  coalesce_after_lines=options.coalesce_after_lines)
+                                  coalesce_after_lines=options.coalesce_after_lines,
+                                  db_path=str(options.db) if options.db else None)
 
     async with anyio.create_task_group() as root:
         root.start_soon(writer.run)

@@ -83,10 +83,19 @@ def _quick_parse(argv: list[str]) -> dict[str, Any] | None:
     return values
 
 
+def _version() -> str:
+    from protocol import PROTOCOL_VERSION
+
+    from . import __version__
+
+    return f"warren {__version__} (protocol {PROTOCOL_VERSION})"
+
+
 def _argparse(argv: list[str]) -> dict[str, Any]:
     import argparse
 
     parser = argparse.ArgumentParser(prog="warren", description="Warren: LLM agent sessions over JSON-RPC on stdio")
+    parser.add_argument("--version", "-V", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     for command, help_text in COMMANDS.items():
         serve = sub.add_parser(command, help=help_text)
@@ -104,6 +113,9 @@ def _argparse(argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv in (["--version"], ["-V"]):
+        print(_version())
+        return 0
     args = _quick_parse(argv) or _argparse(argv)
     if args["max_line_bytes"] < 1024:
         print("warren: --max-line-bytes must be at least 1024", file=sys.stderr)

@@ -45,6 +45,7 @@ METHODS: dict[str, MethodSpec] = {
     "turn/steer": MethodSpec(t.TurnSteerParams, (t.TurnSteerResult,)),
     "session/compact": MethodSpec(t.CompactParams, (t.CompactResult,)),
     "session/blob": MethodSpec(t.BlobParams, (t.BlobResult,)),
+    "daemon/status": MethodSpec(t.StatusParams, (t.StatusResult,)),
 }
 
 

@@ -644,3 +644,23 @@ class BlobResult(Struct):
     sha256: str
     mime_type: str
     data: str  # base64
+
+
+# ---------------------------------------------------------------- health (section 13)
+
+
+class StatusParams(Params):
+    pass
+
+
+class StatusResult(Struct):
+    """``store``: "ok", or why the store cannot be used (a ``SESSION_STORE_ERROR`` reason)."""
+
+    version: str
+    protocol_version: int
+    db_path: str | None
+    schema_version: int | None
+    uptime_ms: int
+    running_turns: int
+    sessions: int | None
+    store: str

@@ -54,3 +54,25 @@ def test_debug_logging_shows_prompt_and_reply_text_and_info_does_not(spawn: Spaw
         if shown:
             events = {json.loads(line).get("event") for line in text.splitlines() if line.startswith("{")}
             assert {"turn_prompt", "turn_reply"} <= events
+
+
+def test_version_and_status(spawn: Spawn, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.daemon_client import ROOT, hermetic_env
+
+    out = subprocess.run([sys.executable, "-m", "daemon", "--version"], cwd=ROOT, env={**hermetic_env(), "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and out.stdout.startswith("warren 0.1.0 (protocol 1)")
+    db = tmp_path / "warren.db"
+    d = spawn(db=db)
+    d.call("session/create", {"initial_turn": "defer", "provider": "scripted"})
+    status = d.call("daemon/status")
+    assert status["db_path"] == str(db) and status["store"] == "ok" and status["sessions"] == 1
+    assert status["schema_version"] >= 12 and status["running_turns"] == 0 and status["uptime_ms"] >= 0
+    assert status["version"] == "0.1.0" and status["protocol_version"] == 1
+    corrupt = tmp_path / "bad.db"
+    corrupt.write_bytes(b"not a database" * 100)
+    broken = spawn(db=corrupt).call("daemon/status")
+    assert broken["store"] == "corrupt" and broken["sessions"] is None

@@ -189,6 +189,7 @@ def test_daemon_output_matches_the_schemas(spawn: Callable[..., Daemon]) -> None
     c.call("session/history", {"session_id": sid, "offset": 1, "limit": 3})
     c.call("providers/list", {})
     c.call("mcp/servers", {})
+    c.call("daemon/status", {})
     c.call("session/compact", {"session_id": sid, "keep_last": 2})
     png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNg+M8AAAADAQEAj0ua0QAAAABJRU5ErkJggg=="
     pictured = c.call("turn/start", {"session_id": sid, "prompt": [{"type": "text", "text": "look"},

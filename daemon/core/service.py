@@ -590,6 +590,19 @@ class SessionService:
         found: dict[str, tuple[str, bytes]] = await self.store.read(lambda db: blobs.get_many(db, wanted), small=False)
         return found
 
+    async def health(self) -> tuple[int | None, int | None, str]:
+        """``(schema version, sessions, "ok" or the store's failure reason)``, for ``daemon/status``."""
+        async def read(db: Any) -> tuple[int, int]:
+            version = await db.execute_fetchall("SELECT version FROM schema_version")
+            count = await db.execute_fetchall("SELECT count(*) FROM sessions")
+            return int(version[0][0]), int(count[0][0])
+
+        try:
+            version, count = await self.store.read(read)
+        except errors.Store as exc:
+            return None, None, exc.reason
+        return version, count, "ok"
+
     async def blob(self, p: BlobParams) -> BlobResult:
         found = await self.store.read(lambda db: blobs.get(db, p.sha256), small=False)
         if found is None:

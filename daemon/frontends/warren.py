@@ -8,6 +8,7 @@ name beside its handler.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
@@ -44,7 +45,7 @@ EVENT_METHOD = "session/event"
 #: Reads that editors poll: logged at debug when they succeed.
 QUIET_METHODS = frozenset({
     "initialize", "session/read", "session/list", "session/history", "providers/list", "session/events",
-    "session/revisions", "session/revision",
+    "session/revisions", "session/revision", "daemon/status", "session/blob",
 })
 
 
@@ -138,6 +139,7 @@ class WarrenFrontend:
         *,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         coalesce_after_lines: int = DEFAULT_COALESCE_AFTER_LINES,
+        db_path: str | None = None,
     ) -> None:
         """``service`` builds the session service on first use: ``initialize`` and
         ``providers/list`` never need it, so answering them never waits for its imports."""
@@ -148,6 +150,8 @@ class WarrenFrontend:
         self.max_line_bytes = max_line_bytes
         self.coalesce_after_lines = coalesce_after_lines
         self.tool_execute = False  # the client's capabilities.tool_execute, set by initialize
+        self.db_path = db_path
+        self.started = time.monotonic()
         self.dispatcher = Dispatcher(self._table(), quiet=QUIET_METHODS)
 
     # ------------------------------------------------------------------ the event sink
@@ -284,6 +288,11 @@ class WarrenFrontend:
         async def append_messages(p: t.AppendParams, ctx: RequestContext) -> t.AppendResult:
             return await service().edits.append(p)
 
+        async def status(p: t.StatusParams, ctx: RequestContext) -> t.StatusResult:
+            schema, count, store = await service().health()
+            return t.StatusResult(__version__, PROTOCOL_VERSION, self.db_path, schema,
+                                  int((time.monotonic() - self.started) * 1000), len(service().turns), count, store)
+
         async def blob(p: t.BlobParams, ctx: RequestContext) -> t.BlobResult:
             return await service().blob(p)
 
@@ -324,6 +333,7 @@ class WarrenFrontend:
             "turn/steer": steer,
             "session/compact": compact,
             "session/blob": blob,
+            "daemon/status": status,
         }
         missing = set(METHODS) ^ set(handlers)
         if missing:
