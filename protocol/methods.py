@@ -46,6 +46,7 @@ METHODS: dict[str, MethodSpec] = {
     "session/compact": MethodSpec(t.CompactParams, (t.CompactResult,)),
     "session/blob": MethodSpec(t.BlobParams, (t.BlobResult,)),
     "daemon/status": MethodSpec(t.StatusParams, (t.StatusResult,)),
+    "rpc.discover": MethodSpec(t.DiscoverParams, (t.DiscoverResult,)),
 }
 
 

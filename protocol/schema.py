@@ -165,6 +165,44 @@ def _combined() -> Schema:
     }
 
 
+def _components_refs(value: Any) -> Any:
+    """``#/$defs/X`` -> ``#/components/schemas/X``, where OpenRPC keeps shared schemas (in
+    ``$ref`` and in discriminator mappings alike)."""
+    if isinstance(value, str) and value.startswith(DEFS):
+        return "#/components/schemas/" + value[len(DEFS):]
+    if isinstance(value, dict):
+        return {k: _components_refs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_components_refs(v) for v in value]
+    return value
+
+
+def openrpc(version: str = "0.1.0") -> Schema:
+    """The OpenRPC 1.3 document of every method (what ``rpc.discover`` answers), from the
+    same types as the JSON Schemas: params by name, one ``contentDescriptor`` a field."""
+    combined = _combined()
+    defs = _components_refs(combined["$defs"])
+    methods = []
+    for name, method in combined["methods"].items():
+        params_ref = method["params"]["$ref"][len(DEFS):]
+        params_schema = defs.get(params_ref, {})
+        required = set(params_schema.get("required", []))
+        methods.append({
+            "name": name,
+            "paramStructure": "by-name",
+            "params": [{"name": field, "required": field in required, "schema": schema}
+                       for field, schema in params_schema.get("properties", {}).items()],
+            "result": {"name": f"{name} result", "schema": _components_refs(method["result"])},
+        })
+    return {
+        "openrpc": "1.3.2",
+        "info": {"title": "Warren", "version": version,
+                 "description": f"Warren's JSON-RPC protocol, version {PROTOCOL_VERSION}: LLM agent sessions over stdio."},
+        "methods": methods,
+        "components": {"schemas": defs},
+    }
+
+
 def generate() -> dict[str, Schema]:
     """Every schema file, by path relative to the output directory. Pure."""
     out: dict[str, Schema] = {}
@@ -186,6 +224,7 @@ def generate() -> dict[str, Schema]:
         out[f"server_requests/{stem}.result.json"] = _document(f"{name} result (client to daemon)", spec.result)
     out["error.json"] = _document("JSON-RPC error object", (ErrorObject,))
     out[COMBINED] = _combined()
+    out["openrpc.json"] = openrpc()
     return dict(sorted(out.items()))
 
 

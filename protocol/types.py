@@ -664,3 +664,16 @@ class StatusResult(Struct):
     running_turns: int
     sessions: int | None
     store: str
+
+
+class DiscoverParams(Params):
+    pass
+
+
+class DiscoverResult(Struct):
+    """The OpenRPC 1.3 document of every method (``schemas/openrpc.json``)."""
+
+    openrpc: str
+    info: dict[str, Any]
+    methods: list[dict[str, Any]]
+    components: dict[str, Any]

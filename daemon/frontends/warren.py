@@ -152,6 +152,7 @@ class WarrenFrontend:
         self.tool_execute = False  # the client's capabilities.tool_execute, set by initialize
         self.db_path = db_path
         self.started = time.monotonic()
+        self._openrpc: dict[str, Any] | None = None
         self.dispatcher = Dispatcher(self._table(), quiet=QUIET_METHODS)
 
     # ------------------------------------------------------------------ the event sink
@@ -288,6 +289,13 @@ class WarrenFrontend:
         async def append_messages(p: t.AppendParams, ctx: RequestContext) -> t.AppendResult:
             return await service().edits.append(p)
 
+        async def discover(p: t.DiscoverParams, ctx: RequestContext) -> Any:
+            if self._openrpc is None:
+                from protocol.schema import openrpc  # builds every schema: only when asked
+
+                self._openrpc = openrpc(__version__)
+            return self._openrpc
+
         async def status(p: t.StatusParams, ctx: RequestContext) -> t.StatusResult:
             schema, count, store = await service().health()
             return t.StatusResult(__version__, PROTOCOL_VERSION, self.db_path, schema,
@@ -334,6 +342,7 @@ class WarrenFrontend:
             "session/compact": compact,
             "session/blob": blob,
             "daemon/status": status,
+            "rpc.discover": discover,
         }
         missing = set(METHODS) ^ set(handlers)
         if missing:
