@@ -76,3 +76,15 @@ def test_version_and_status(spawn: Spawn, tmp_path: Path) -> None:
     corrupt.write_bytes(b"not a database" * 100)
     broken = spawn(db=corrupt).call("daemon/status")
     assert broken["store"] == "corrupt" and broken["sessions"] is None
+
+
+def test_a_misspelt_field_gets_the_closest_name(daemon: Daemon) -> None:
+    def first(params: dict) -> dict:
+        return daemon.error("session/create", {"provider": "scripted", **params})["data"]["errors"][0]
+
+    step = first({"prompt": "x", "provider_params": {"script": [{"text": "a", "delay": 5}]}})
+    assert step["path"] == "$.provider_params.script[0].delay" and step["message"].endswith("did you mean `delay_ms`?")
+    assert first({"promt": "x"})["message"] == "unknown field `promt`; did you mean `prompt`?"
+    nested = first({"prompt": "x", "budget": {"max_token": 5}})
+    assert nested["path"] == "$.budget.max_token" and nested["message"].endswith("did you mean `max_tokens`?")
+    assert first({"prompt": "x", "zzzz": 1})["message"] == "unknown field `zzzz`"

@@ -30,7 +30,9 @@ log = get_logger("warren.providers")
 def _params_error(exc: msgspec.ValidationError, prefix: str) -> errors.InvalidRequest:
     from protocol.validation import split_message
 
-    message, path = split_message(str(exc))
+    from .scripted import ScriptedParams
+
+    message, path = split_message(str(exc), ScriptedParams)
     return errors.InvalidRequest.at(prefix + path[1:], message)
 
 
