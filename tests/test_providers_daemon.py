@@ -144,6 +144,16 @@ def test_discovery_auth_failure_is_a_provider_error(spawn: Spawn, server: FakeLL
     (get,) = server.exchanges
     assert (get.method, get.path) == ("GET", "/v1/models")
     assert get.headers["authorization"] == "Bearer sk-test-DISCOVER-0000000"
+    assert "model discovery (GET /models) failed" in err["message"]
+
+
+def test_discovery_is_retried_like_a_model_call(spawn: Spawn, server: FakeLLMServer) -> None:
+    server.enqueue(openai_error(503, "warming up", "server_error", headers={"retry-after-ms": "10"}),
+                   openai_models("llama3.2:3b"), openai_stream("hello"))
+    d = spawn(env={"OPENAI_BASE_URL": server.openai_base_url})
+    assert d.call("session/create", {"prompt": "hi"})["text"] == "hello"
+    assert [(e.method, e.path) for e in server.exchanges] == [
+        ("GET", "/v1/models"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")]
 
 
 def test_configured_headers_win_and_are_never_sent_twice(spawn: Spawn, server: FakeLLMServer, tmp_path: Path) -> None:

@@ -555,7 +555,24 @@ class Turn:
     async def _discover_model(self) -> None:
         """Ask a compatible server which model it serves, and remember the answer."""
         discover = getattr(self.provider, "discover_model", None)
-        model = await discover() if discover is not None else None
+        model = None
+        if discover is not None:
+            assert self.provider is not None
+            policy, attempt = self.provider.retry_policy, 0
+            while True:  # retried like a model call (before turn_started: logged, no events)
+                try:
+                    model = await discover()
+                    break
+                except base.ProviderError as exc:
+                    if exc.retryable and attempt < policy.max_retries:
+                        attempt += 1
+                        delay = policy.delay_ms(attempt, exc.retry_after_ms, random.random())
+                        self.log.info("model_discovery_retry", attempt=attempt, delay_ms=delay, kind=exc.kind)
+                        await anyio.sleep(delay / 1000)
+                        continue
+                    exc.message = f"model discovery (GET /models) failed: {exc.message}"
+                    exc.args = (exc.message,)
+                    raise
         if not model:
             raise errors.FailedWithData(
                 f"Provider {self.setup.provider!r} has no model and its server lists none: pass "
