@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sqlite3
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -285,7 +287,7 @@ def test_an_mcp_tool_runs_for_a_client_without_tool_execute(daemon: Daemon) -> N
 
 
 def test_compaction_summarises_what_the_model_sees_and_history_keeps_everything(daemon: Daemon) -> None:
-    steps = [{"text": f"answer {i}"} for i in range(3)] + [{"text": "SUMMARY of q0..q1"}, {"text": "after"}]
+    steps = [{"text": f"answer {i} " + "x" * 2000} for i in range(3)] + [{"text": "SUMMARY of q0..q1"}, {"text": "after"}]
     sid = deferred(daemon, *steps)
     for i in range(3):
         daemon.call("turn/start", {"session_id": sid, "prompt": f"q{i}"})
@@ -301,9 +303,10 @@ def test_compaction_summarises_what_the_model_sees_and_history_keeps_everything(
     assert completed == {"type": "compaction_completed", **{k: done[k] for k in (
         "summary_message_id", "replaced_count", "tokens_before", "tokens_after")}}
     # the next call sees the summary and the two kept messages, then the new prompt:
-    # scripted usage counts its input, so it is smaller than the whole history's
-    before = daemon.call("turn/start", {"session_id": sid, "prompt": "q3"})
-    assert before["text"] == "after"
+    # scripted usage counts its input, so it is well below the whole history's
+    after = daemon.call("turn/start", {"session_id": sid, "prompt": "q3"})
+    assert after["text"] == "after"
+    assert after["usage"]["input_tokens"] < done["tokens_before"] / 2
 
 
 def test_compaction_sends_the_summary_and_the_kept_messages(
@@ -372,7 +375,7 @@ PNG = base64.b64encode(bytes.fromhex(
     "1f15c4890000000d49444154789c6360f8cf000000030101008f4b9ad10000000049454e44ae426082")).decode()
 
 
-def test_an_image_prompt_is_stored_once_and_fetched_by_hash(daemon: Daemon) -> None:
+def test_an_image_prompt_is_stored_once_and_fetched_by_hash(daemon: Daemon, tmp_path: Path) -> None:
     prompt = [{"type": "text", "text": "what is this?"}, {"type": "image", "mime_type": "image/png", "data": PNG}]
     r = daemon.call("session/create", {"prompt": prompt, "provider": "scripted"})
     assert r["usage"]["input_tokens"] >= 1000  # the scripted provider counts an image as 1,000 tokens
@@ -385,6 +388,9 @@ def test_an_image_prompt_is_stored_once_and_fetched_by_hash(daemon: Daemon) -> N
     again = daemon.call("turn/start", {"session_id": r["session_id"], "prompt": [
         {"type": "image", "mime_type": "image/png", "data": PNG}]})
     assert again["stop_reason"] == "end_turn"
+    with closing(sqlite3.connect(f"file:{tmp_path / 'warren.db'}?mode=ro", uri=True)) as db:
+        assert db.execute("SELECT count(*), sum(length(data)) FROM blobs").fetchone() == (1, len(raw))
+        assert db.execute("SELECT count(*) FROM messages WHERE instr(content, ?) > 0", (PNG,)).fetchone() == (0,)
     unknown = daemon.error("session/blob", {"sha256": "0" * 64})
     assert unknown["data"]["details"]["reason"] == "unknown_blob"
 

@@ -281,6 +281,7 @@ async def test_equal_specs_share_one_process(shared: tuple[McpManager, Lines]) -
     plain = (await manager.call(sdk_spec(), "pid", {}, 5)).content
     assert plain not in pids
     assert len(manager.servers([a, b])) == 2 and {s.pid for s in manager.servers([a, b])} == {int(pids.pop())}
+    assert manager.servers([sdk_spec(env=(("NEVER", "started"),))]) == []  # same name, another server
 
 
 # ---------------------------------------------------------------- crashes and bad servers

@@ -353,9 +353,7 @@ class TranscriptEditor:
 
     async def revisions(self, p: RevisionsParams) -> RevisionsResult:
         async def read(db: Any) -> RevisionsResult:
-            head = await transcripts.head(db, p.session_id)
-            if head is None:
-                raise errors.NotFound(p.session_id)
+            head = await _head(db, p.session_id)
             entries, more = await revisions.entries(db, p.session_id, p.offset, p.limit)
             return RevisionsResult(p.session_id, head.revision, entries, more)
 
@@ -364,9 +362,7 @@ class TranscriptEditor:
 
     async def revision(self, p: RevisionParams) -> RevisionPage:
         async def read(db: Any) -> RevisionPage:
-            head = await transcripts.head(db, p.session_id)
-            if head is None:
-                raise errors.NotFound(p.session_id)
+            head = await _head(db, p.session_id)
             path = head if p.revision == head.revision else await revisions.retained(db, p.session_id, p.revision)
             if path is None:
                 raise _not_retained(p.session_id, p.revision)
@@ -376,6 +372,14 @@ class TranscriptEditor:
 
         result: RevisionPage = await self.store.read(read)
         return result
+
+
+async def _head(db: Any, session_id: str) -> Path:
+    """The session's current transcript, archived or not (reading history is allowed)."""
+    head = await transcripts.head(db, session_id)
+    if head is None:
+        raise errors.NotFound(session_id)
+    return head
 
 
 def _not_retained(session_id: str, revision: str) -> errors.FailedWithData:

@@ -407,12 +407,16 @@ class EventBus:
         """Deliver what the store holds between the feed's last seq and ``before`` (the
         events of a turn another daemon ran, not yet seen by the tail)."""
         try:
-            rows = self.store.read_now(lambda db: event_rows.after(db, feed.session_id, feed.floor, TAIL_ROWS))
+            self._catch_up(feed, before)
         except (sqlite3.Error, anyio.WouldBlock) as exc:
             log.warning("event_fill_failed", session_id=feed.session_id, error=str(exc))
-            return
+
+    def _catch_up(self, feed: Feed, before: int | None = None) -> None:
+        """Deliver, in order, the stored events after the feed's floor (up to ``before``),
+        advancing the floor past each: the one loop both the gap fill and the tail use."""
+        rows = self.store.read_now(lambda db: event_rows.after(db, feed.session_id, feed.floor, TAIL_ROWS))
         for numbered in _from_rows(rows):
-            if numbered.seq >= before:
+            if before is not None and numbered.seq >= before:
                 break
             if numbered.seq > feed.floor:
                 feed.floor = numbered.seq
@@ -571,16 +575,9 @@ class EventBus:
     def _tail(self) -> None:
         for feed in {id(f): f for f in self._subscriptions.values()}.values():
             try:
-                rows = self.store.read_now(
-                    lambda db, f=feed: event_rows.after(db, f.session_id, f.floor, TAIL_ROWS)
-                )
+                self._catch_up(feed)
             except (sqlite3.Error, anyio.WouldBlock):
                 continue
-            for numbered in _from_rows(rows):
-                if numbered.seq > feed.floor:
-                    feed.floor = numbered.seq
-                    if feed.wants(numbered.type):
-                        feed.sink.deliver(numbered)
 
 
 __all__ = ["EventBus", "Feed", "Numbered", "RESERVATION", "Sink", "TurnLog", "type_of"]

@@ -74,7 +74,7 @@ from .edits import TranscriptEditor
 from .events import EventBus, Numbered, Sink
 from ..providers import ProviderRegistry
 from ..store import Store
-from .tools import ClientChannel, McpManagerLike, check_mcp_servers, check_tool_defs
+from .tools import ClientChannel, McpManagerLike, check_mcp_servers, check_tool_defs, mcp_spec
 from .turns import Turn, TurnSetup
 from ..logs import get_logger
 
@@ -555,12 +555,10 @@ class SessionService:
         """What ``mcp/servers`` lists: every server this daemon runs, or a session's."""
         if self.mcp is None:
             return []
-        statuses = self.mcp.servers()  # type: ignore[attr-defined]
         if session_id is None:
-            return list(statuses)
+            return self.mcp.servers()
         row = await self.session_row(session_id, archived=True)
-        names = {s.name for s in self._mcp_servers(row)}
-        return [s for s in statuses if s.name in names]
+        return self.mcp.servers([mcp_spec(s) for s in self._mcp_servers(row)])
 
     async def compact(self, p: CompactParams) -> CompactResult:
         """``session/compact``: a turn of its own that only summarises (the session's

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import anyio
 import msgspec
@@ -21,6 +21,9 @@ from protocol.types import McpServerInput, ToolCall, ToolDef, ToolExecuteResult,
 from .. import errors
 from . import images
 from ..logs import get_logger
+
+if TYPE_CHECKING:
+    from ..mcp import McpServerSpec
 
 log = get_logger("warren.tools")
 
@@ -171,25 +174,33 @@ class McpManagerLike(Protocol):
 
     async def call(self, spec: Any, tool: str, arguments: dict[str, Any], timeout_s: float) -> Any: ...
 
+    def servers(self, specs: Any = None) -> list[Any]: ...
+
 
 def mcp_tool_name(server: str, tool: str) -> str:
     """The name the model sees: ``SERVER__TOOL``, kept to what every provider accepts."""
     return re.sub(r"[^a-zA-Z0-9_-]", "_", f"{server}__{tool}")[:64]
 
 
+def mcp_spec(server: McpServerInput) -> McpServerSpec:
+    """The manager's key for a server as a session or the config names it: equal specs
+    share one process."""
+    from ..mcp import McpServerSpec
+
+    return McpServerSpec(
+        server.name, command=server.command, args=tuple(server.args), env=tuple(sorted(server.env.items())),
+        url=server.url, headers=tuple(sorted(server.headers.items())),
+    )
+
+
 class McpSource:
     """The tools of one MCP server."""
 
     def __init__(self, manager: McpManagerLike, server: McpServerInput) -> None:
-        from ..mcp import McpServerSpec
-
         self.manager = manager
         self.server = server
         self.source = f"mcp:{server.name}"
-        self.spec = McpServerSpec(
-            server.name, command=server.command, args=tuple(server.args), env=tuple(sorted(server.env.items())),
-            url=server.url, headers=tuple(sorted(server.headers.items())),
-        )
+        self.spec = mcp_spec(server)
 
     def available(self) -> bool:
         return True

@@ -400,10 +400,12 @@ class McpManager:
         return await self._server(spec).call(tool, arguments, timeout_s)
 
     def servers(self, specs: "list[McpServerSpec] | None" = None) -> list[McpServerStatus]:
-        """Every server the daemon knows, or those of ``specs`` (a session's), in order."""
+        """Every server the daemon has started or tried to, or those of ``specs`` (a
+        session's, matched by the whole spec, not the name), in ``specs`` order."""
         if specs is None:
             return [s.status() for s in self._servers.values()]
-        return [(self._servers.get(spec.key()) or _Server(spec, self)).status() for spec in specs]
+        known = (self._servers.get(spec.key()) for spec in specs)
+        return [server.status() for server in known if server is not None]
 
     async def aclose(self) -> None:
         """Stop every server (each: stdin closed, SIGTERM, SIGKILL after the grace period)."""

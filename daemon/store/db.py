@@ -323,12 +323,13 @@ class Store:
         reads (a whole history) always go there.
         """
         await self._ready()
-        if small and self._inline is not None:
+        if small:
             try:
-                return drive(fn(self._inline))
+                return self.read_now(fn)
+            except anyio.WouldBlock:
+                pass
             except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                    raise store_error(exc) from exc
+                raise store_error(exc) from exc
         reader = self._reader
         if reader is None:
             return await self.write(fn, readonly=True)
