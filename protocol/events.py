@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 from msgspec import Meta, Raw, Struct
 
 from .errors import ErrorObject
-from .types import MAX_SAFE_INT, NonNegativeInt, PageLimit, Params, StopReason, Usage
+from .types import MAX_SAFE_INT, PageLimit, Params, StopReason, Usage
 
 
 class Event(Struct, tag_field="type", omit_defaults=True):

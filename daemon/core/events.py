@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from time import time_ns
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import anyio
 import msgspec

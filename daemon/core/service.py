@@ -65,18 +65,15 @@ from protocol.types import (
 )
 
 from .. import errors
-from ..store import sessions, staging, transcripts, turns as turn_rows
 from ..clock import new_id, now_ms
-from ..store import events as event_rows
+from ..logs import get_logger
+from ..providers import ProviderRegistry
+from ..store import Store, blobs, sessions, staging, transcripts, turns as turn_rows
 from . import images, structured
-from ..store import blobs
 from .edits import TranscriptEditor
 from .events import EventBus, Numbered, Sink
-from ..providers import ProviderRegistry
-from ..store import Store
 from .tools import ClientChannel, McpManagerLike, check_mcp_servers, check_tool_defs, mcp_spec
 from .turns import Turn, TurnSetup
-from ..logs import get_logger
 
 log = get_logger("warren.service")
 

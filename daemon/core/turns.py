@@ -368,9 +368,7 @@ class Turn:
         self.deadline_s = base.turn_timeout_s(self.provider)
         if self.deadline_s:
             self.deadline.deadline = anyio.current_time() + self.deadline_s
-        self.path, self.history = await self.store.read(self._load_history, small=False)
-        wanted = images.image_hashes(self.history)
-        self.images = await self.store.read(lambda db: blob_rows.get_many(db, wanted), small=False) if wanted else {}
+        self.path, self.history, self.images = await self.store.read(self._load_history, small=False)
         if setup.model is None:
             await self._discover_model()
         self.toolbox = toolbox = await self._toolbox()
@@ -384,10 +382,11 @@ class Turn:
                 await self._compact(setup.compact_only, "manual")
                 return await self._commit([], end=("completed", "end_turn"))
         while True:
-            # the last call's reported input, or before the first call an estimate
-            filled = self.last_input_tokens or _tokens(self._context())
-            if setup.compaction and filled >= setup.compaction_threshold * setup.context_window:
-                await self._compact(KEEP_LAST, "auto")
+            if setup.compaction:
+                # the last call's reported input, or before the first call an estimate
+                filled = self.last_input_tokens or _tokens(self._context())
+                if filled >= setup.compaction_threshold * setup.context_window:
+                    await self._compact(KEEP_LAST, "auto")
             output = await self._model_call(tools)
             if output.usage is not None:
                 self.last_input_tokens = output.usage.input_tokens
@@ -443,19 +442,23 @@ class Turn:
 
     # ------------------------------------------------------------------ context and compaction
 
-    async def _load_history(self, db: Any) -> tuple[transcripts.Path | None, list[Message]]:
-        """The transcript's path, and its messages as far as the model will see them: after
-        a compaction, from the first kept message on (the summary comes after it)."""
+    async def _load_history(
+        self, db: Any
+    ) -> tuple[transcripts.Path | None, list[Message], dict[str, tuple[str, bytes]]]:
+        """The transcript's path, its messages as far as the model will see them (after a
+        compaction, from the first kept message on; the summary comes after it), and the
+        images they show, in one read."""
         path = await transcripts.head(db, self.session_id)
         if path is None:
-            return None, []
+            return None, [], {}
         start = 0
         marker = self.setup.compaction_keep_from or self.setup.compaction_summary
         if marker is not None:
             where = await transcripts.find(db, marker)
             index = None if where is None else path.index_of(*where)
             start = index if index is not None else 0
-        return path, await transcripts.read(db, path, start, path.count - start)
+        history = await transcripts.read(db, path, start, path.count - start)
+        return path, history, await blob_rows.get_many(db, images.image_hashes(history))
 
     def _context(self) -> list[Message]:
         """What the model is sent: the history, or, after a compaction, its summary and the

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -42,13 +42,6 @@ def message_hash(message: Message) -> int:
         (message.message_id, message.role, message.content, message.source, message.idempotency_key)
     )
     return int.from_bytes(hashlib.sha256(canonical).digest(), "big") % P
-
-
-def fold(values: Iterable[int]) -> int:
-    h = 0
-    for value in values:
-        h = (h * B + value) % P
-    return h
 
 
 def concat(h1: int, h2: int, len2: int) -> int:
