@@ -13,8 +13,8 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 $(STAMP): pyproject.toml
 	@echo "warren: setting up $(VENV) (first run only: about 10 s)..." 1>&2
 	@$(PYTHON) -m venv $(VENV) 1>&2
-	@$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev]' 1>&2
-	@$(PY) -m compileall -q daemon protocol 1>&2
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 1>&2
+	@$(PY) -m compileall -q daemon protocol client 1>&2
 	@touch $(STAMP)
 
 # The official ACP TypeScript SDK for tests/test_acp_ts_sdk.py, pinned by tests/acp_ts's
@@ -28,14 +28,14 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	fi
 
 run: $(STAMP)
-	@$(PY) -m compileall -q daemon protocol 1>&2
-	@$(PY) -m daemon serve $(ARGS)
+	@$(PY) -m compileall -q daemon protocol client 1>&2
+	@$(PY) -m warren.daemon serve $(ARGS)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q -n 2 -m "not live" $(PYTEST_ARGS)
 
 schemas: $(STAMP)
-	$(PY) -m protocol.schema schemas
+	$(PY) -m warren.protocol.schema schemas
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)

@@ -98,7 +98,7 @@ def encode_request(id_: int, method: str, params: Any | None = None) -> bytes:
 
 def daemon_command(*args: str, python_flags: tuple[str, ...] = (), command: str = "serve") -> list[str]:
     """``command``: the front-end, ``serve`` (Warren's protocol) or ``acp``."""
-    return [sys.executable, *python_flags, "-m", "daemon", command, *args]
+    return [sys.executable, *python_flags, "-m", "warren.daemon", command, *args]
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -258,7 +258,7 @@ class LineProcess:
 
 
 class Daemon(LineProcess):
-    """The daemon as a subprocess: ``python -m daemon COMMAND ARGS``."""
+    """The daemon as a subprocess: ``python -m warren.daemon COMMAND ARGS``."""
 
     profile_dir: Path | None = None  # when set, every daemon runs under cProfile (``--profile``)
     _profiles = 0

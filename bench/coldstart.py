@@ -40,7 +40,7 @@ def cached_bytecode(tmp: str) -> Env:
 
 
 def one_start(args: tuple[str, ...], env: Env, *, command: str = "serve", init: bytes = INIT) -> float:
-    """Milliseconds from spawning ``python -m daemon COMMAND ARGS`` to its answer to ``init``
+    """Milliseconds from spawning ``python -m warren.daemon COMMAND ARGS`` to its answer to ``init``
     (an ``initialize`` request with id 1, in the front-end's own protocol)."""
     start = time.perf_counter()
     daemon = Daemon(*args, env=env, command=command)

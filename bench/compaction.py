@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from daemon.store import Connection, drive, transcripts
+from warren.daemon.store import Connection, drive, transcripts
 
 from .client import BenchError, Daemon, encode_request, result_of
 from .loops import checked_latencies

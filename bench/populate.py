@@ -25,9 +25,9 @@ from typing import Any
 
 import msgspec
 
-from daemon.store import Connection, drive, transcripts
-from daemon.store.migrations import migrate
-from protocol.types import Message, TextBlock
+from warren.daemon.store import Connection, drive, transcripts
+from warren.daemon.store.migrations import migrate
+from warren.protocol.types import Message, TextBlock
 
 BASE_MS = 1_780_000_000_000
 MESSAGE_IDS = 1 << 40  # message ids' sequence numbers start here, apart from sessions' and turns'

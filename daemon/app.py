@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from protocol import DEFAULT_COALESCE_AFTER_LINES
+from warren.protocol import DEFAULT_COALESCE_AFTER_LINES
 
 from .core.events import EventBus
 from .frontends.warren import CANCEL_METHOD, WarrenFrontend
@@ -86,7 +86,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
 
     frontend: WarrenFrontend | AcpFrontend
     if options.frontend == "acp":
-        from protocol.acp import METHOD_CANCEL_REQUEST
+        from warren.protocol.acp import METHOD_CANCEL_REQUEST
 
         from .frontends.acp import AcpFrontend
 

@@ -1,4 +1,4 @@
-"""Command line: ``warren serve`` (also ``python -m daemon serve``).
+"""Command line: ``warren serve`` (also ``python -m warren.daemon serve``).
 
 Editors spawn this at every start, and argparse alone costs ~7 ms of the start-up budget.
 The options are therefore one table: a small parser reads the ordinary command lines, and
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES
+from warren.protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: The front-ends, each over the same store and session service.
@@ -84,7 +84,7 @@ def _quick_parse(argv: list[str]) -> dict[str, Any] | None:
 
 
 def _version() -> str:
-    from protocol import PROTOCOL_VERSION
+    from warren.protocol import PROTOCOL_VERSION
 
     from . import __version__
 

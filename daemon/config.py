@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
-from protocol.types import McpServerInput
+from warren.protocol.types import McpServerInput
 
 ProviderType = Literal["openai", "anthropic"]
 

@@ -11,7 +11,7 @@ import os
 
 from typing import Any
 
-from protocol.errors import ErrorObject, error_object
+from warren.protocol.errors import ErrorObject, error_object
 
 
 class WarrenError(Exception):

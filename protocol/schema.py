@@ -6,8 +6,8 @@ schema, derived from ``protocol.methods.METHODS``, ``protocol.events.EVENT_TYPES
 touching this module. ``render()`` gives the exact text of a checked-in file. Only
 ``main`` touches the file system::
 
-    python -m protocol.schema schemas           # (re)write schemas/, drop stale files
-    python -m protocol.schema schemas --check   # exit 1 if schemas/ is out of date
+    python -m warren.protocol.schema schemas           # (re)write schemas/, drop stale files
+    python -m warren.protocol.schema schemas --check   # exit 1 if schemas/ is out of date
 
 Layout of the output directory:
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     check = "--check" in args
     args = [a for a in args if a != "--check"]
     if len(args) != 1:
-        print("usage: python -m protocol.schema OUT_DIR [--check]", file=sys.stderr)
+        print("usage: python -m warren.protocol.schema OUT_DIR [--check]", file=sys.stderr)
         return 2
     root = Path(args[0])
     wanted = {path: render(schema) for path, schema in generate().items()}

@@ -30,8 +30,8 @@ SLOW_STEP = {"text": "x" * 200, "chunk_chars": 1, "delay_ms": 20}
 
 
 def agent_command(*, db: Path | None = None) -> list[str]:
-    """``python -m daemon acp`` on a database file, or in memory."""
-    return [sys.executable, "-m", "daemon", "acp", *(["--db", str(db)] if db is not None else ["--ephemeral"])]
+    """``python -m warren.daemon acp`` on a database file, or in memory."""
+    return [sys.executable, "-m", "warren.daemon", "acp", *(["--db", str(db)] if db is not None else ["--ephemeral"])]
 
 
 def agent_env() -> dict[str, str]:

@@ -20,6 +20,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 20.0
+#: What ``python -m`` runs; a test of an older tree (before the ``warren`` namespace) sets ``daemon``.
+DAEMON_MODULE = "warren.daemon"
 
 
 PROVIDER_ENV = (
@@ -49,7 +51,7 @@ class Daemon:
         stderr_path: Path | None = None,
         user: int | None = None,
     ) -> None:
-        cmd = [sys.executable, "-m", "daemon", "serve"]
+        cmd = [sys.executable, "-m", DAEMON_MODULE, "serve"]
         cmd += ["--db", str(db)] if db is not None else (["--ephemeral"] if "--ephemeral" not in args else [])
         cmd += list(args)
         full_env = hermetic_env()

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from daemon.providers.base import Delta, ModelRequest, Provider, ProviderError
-from protocol.types import Message, TextBlock
+from warren.daemon.providers.base import Delta, ModelRequest, Provider, ProviderError
+from warren.protocol.types import Message, TextBlock
 
 
 def msg(index: int, role: str, *blocks: Any) -> Message:

@@ -69,7 +69,7 @@ def observations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         env = agent_env()
         env["JUDGE_MCP_SERVER"] = json.dumps(mcp_stdio_server())
         env["JUDGE_STDERR"] = str(stderr_log)
-        argv = [sys.executable, "-m", "daemon", "acp"]
+        argv = [sys.executable, "-m", "warren.daemon", "acp"]
         try:
             done = subprocess.run([NODE, str(TS_DIR / "judge.mjs"), json.dumps(argv), str(work)],  # type: ignore[list-item]
                                   capture_output=True, text=True, timeout=JUDGE_TIMEOUT_S, env=env, cwd=TS_DIR.parent.parent)

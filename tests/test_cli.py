@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import _argparse, _quick_parse
+from warren.daemon.cli import _argparse, _quick_parse
 from tests.daemon_client import ROOT, hermetic_env
 
 
@@ -35,12 +35,12 @@ def test_quick_parse_matches_argparse(argv: list[str]) -> None:
 )
 def test_unusual_command_lines_go_to_argparse(argv: list[str]) -> None:
     assert _quick_parse(argv) is None
-    proc = subprocess.run([sys.executable, "-m", "daemon", *argv], capture_output=True, timeout=30, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "warren.daemon", *argv], capture_output=True, timeout=30, cwd=ROOT,
                           env={**hermetic_env(), "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and b"usage: warren" in proc.stderr and proc.stdout == b""
 
 
 def test_help_is_argparse(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "daemon", "serve", "--help"], capture_output=True, timeout=30,
+    proc = subprocess.run([sys.executable, "-m", "warren.daemon", "serve", "--help"], capture_output=True, timeout=30,
                           cwd=ROOT, env={**hermetic_env(), "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and b"--max-line-bytes" in proc.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import (
+from warren.daemon.config import (
     AmbiguousProvider,
     Config,
     ConfigError,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from protocol.errors import CODES
-from protocol.schema import generate
+from warren.protocol.errors import CODES
+from warren.protocol.schema import generate
 from tests.daemon_client import Daemon, hermetic_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def test_shell_sessions_work_when_pasted(index: int) -> None:
 def test_a_pipe_that_closes_stdin_does_not_run_the_turn() -> None:
     """The Quick start warns against `echo … | warren serve`; keep the warning true."""
     line = '{"jsonrpc":"2.0","id":1,"method":"session/create","params":{"prompt":"hi","provider":"scripted"}}'
-    messages = run_bash(f"echo '{line}' | .venv/bin/python -m daemon serve --ephemeral 2>/dev/null")
+    messages = run_bash(f"echo '{line}' | .venv/bin/python -m warren.daemon serve --ephemeral 2>/dev/null")
     answer = next(m for m in messages if m.get("id") == 1)
     assert answer.get("error", {}).get("data", {}).get("code") == "AGENT_ERROR" or (
         answer["result"]["stop_reason"] == "interrupted"

@@ -126,7 +126,7 @@ def test_default_db_under_xdg_data_home(tmp_path: Path) -> None:
     env = {"XDG_DATA_HOME": str(tmp_path / "data")}
     cmd_env = {**hermetic_env(), **env, "PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.run(
-        [os.sys.executable, "-m", "daemon", "serve"],
+        [os.sys.executable, "-m", "warren.daemon", "serve"],
         input=b'{"jsonrpc":"2.0","id":1,"method":"session/create","params":{"initial_turn":"defer","provider":"scripted"}}\n',
         capture_output=True, env=cmd_env, timeout=30,
     )

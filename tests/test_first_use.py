@@ -62,7 +62,7 @@ def test_version_and_status(spawn: Spawn, tmp_path: Path) -> None:
 
     from tests.daemon_client import ROOT, hermetic_env
 
-    out = subprocess.run([sys.executable, "-m", "daemon", "--version"], cwd=ROOT, env={**hermetic_env(), "PYTHONPATH": str(ROOT)},
+    out = subprocess.run([sys.executable, "-m", "warren.daemon", "--version"], cwd=ROOT, env={**hermetic_env(), "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 0 and out.stdout.startswith("warren 0.1.0 (protocol 1)")
     db = tmp_path / "warren.db"

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.methods import METHODS
+from warren.protocol.methods import METHODS
 from tests.daemon_client import Daemon
 
 SETTINGS = settings(

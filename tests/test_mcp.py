@@ -25,8 +25,8 @@ import anyio
 import msgspec
 import pytest
 
-from daemon.mcp import McpCallResult, McpError, McpManager, McpServerSpec, McpTool
-from daemon.mcp.content import to_call_result
+from warren.daemon.mcp import McpCallResult, McpError, McpManager, McpServerSpec, McpTool
+from warren.daemon.mcp.content import to_call_result
 from tests.fakes.mcp_http_fake import FakeMcpHttp
 
 pytestmark = pytest.mark.anyio

@@ -14,8 +14,8 @@ from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from protocol.methods import METHODS
-from protocol.schema import openrpc, render
+from warren.protocol.methods import METHODS
+from warren.protocol.schema import openrpc, render
 from tests.daemon_client import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent

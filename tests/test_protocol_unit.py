@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from protocol import jsonrpc
-from protocol.errors import CODES, INVALID_REQUEST, PARSE_ERROR, error_object
-from protocol.framing import LineBuffer, Oversized
-from protocol.jsonrpc import ABSENT, Batch, Invalid, Notification, Request, Response, classify, parse_line
-from protocol.types import InitializeParams, SessionListParams, StageToolResultsParams, TurnStartParams
-from protocol.validation import ParamsInvalid, split_message, validate
+from warren.protocol import jsonrpc
+from warren.protocol.errors import CODES, INVALID_REQUEST, PARSE_ERROR, error_object
+from warren.protocol.framing import LineBuffer, Oversized
+from warren.protocol.jsonrpc import ABSENT, Batch, Invalid, Notification, Request, Response, classify, parse_line
+from warren.protocol.types import InitializeParams, SessionListParams, StageToolResultsParams, TurnStartParams
+from warren.protocol.validation import ParamsInvalid, split_message, validate
 
 # ---------------------------------------------------------------- LineBuffer
 

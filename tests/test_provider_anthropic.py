@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from daemon.config import ProviderConfig
-from daemon.providers.anthropic import AnthropicProvider, to_anthropic_messages
-from daemon.providers.base import (
+from warren.daemon.config import ProviderConfig
+from warren.daemon.providers.anthropic import AnthropicProvider, to_anthropic_messages
+from warren.daemon.providers.base import (
     Delta,
     ModelRequest,
     ProviderError,
@@ -25,8 +25,8 @@ from daemon.providers.base import (
     ToolUseStart,
     UsageReport,
 )
-from daemon.providers.http import MISSING_TOOL_RESULT, Redactor, parse_retry_after, secrets_of
-from protocol.types import Message, ReasoningBlock, TextBlock, ToolDef, ToolResultBlock, ToolUseBlock, Usage
+from warren.daemon.providers.http import MISSING_TOOL_RESULT, Redactor, parse_retry_after, secrets_of
+from warren.protocol.types import Message, ReasoningBlock, TextBlock, ToolDef, ToolResultBlock, ToolUseBlock, Usage
 from tests.provider_helpers import collect, failure, msg
 from tests.provider_helpers import request as make_request
 from tests.fakes.llm_server import (

@@ -12,12 +12,12 @@ import os
 
 import pytest
 
-from daemon.config import OPENAI_BASE_URL, ProviderConfig
-from daemon.providers.anthropic import AnthropicProvider
-from daemon.providers.base import Delta, ModelRequest, Stop, TextDelta, UsageReport
-from daemon.providers.http import HTTPProvider
-from daemon.providers.openai import OpenAIProvider
-from protocol.types import Message, TextBlock
+from warren.daemon.config import OPENAI_BASE_URL, ProviderConfig
+from warren.daemon.providers.anthropic import AnthropicProvider
+from warren.daemon.providers.base import Delta, ModelRequest, Stop, TextDelta, UsageReport
+from warren.daemon.providers.http import HTTPProvider
+from warren.daemon.providers.openai import OpenAIProvider
+from warren.protocol.types import Message, TextBlock
 
 pytestmark = [pytest.mark.live, pytest.mark.anyio]
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.config import ProviderConfig
-from daemon.providers.base import (
+from warren.daemon.config import ProviderConfig
+from warren.daemon.providers.base import (
     Delta,
     ModelRequest,
     ReasoningDelta,
@@ -22,9 +22,9 @@ from daemon.providers.base import (
     ToolUseStart,
     UsageReport,
 )
-from daemon.providers.http import MISSING_TOOL_RESULT, Redactor
-from daemon.providers.openai import OpenAIProvider, _StreamState, to_openai_messages
-from protocol.types import Message, ReasoningBlock, TextBlock, ToolDef, ToolResultBlock, ToolUseBlock, Usage
+from warren.daemon.providers.http import MISSING_TOOL_RESULT, Redactor
+from warren.daemon.providers.openai import OpenAIProvider, _StreamState, to_openai_messages
+from warren.protocol.types import Message, ReasoningBlock, TextBlock, ToolDef, ToolResultBlock, ToolUseBlock, Usage
 from tests.provider_helpers import collect, failure, msg
 from tests.provider_helpers import request as make_request
 from tests.fakes.llm_server import (

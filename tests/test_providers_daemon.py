@@ -1,7 +1,7 @@
 """Issue 3 end to end: real providers through the real daemon process, over its pipes, against
 the fake LLM server on 127.0.0.1 (never the network).
 
-Each test starts ``python -m daemon serve`` with a config file and/or environment that points
+Each test starts ``python -m warren.daemon serve`` with a config file and/or environment that points
 the providers at ``tests.fakes.llm_server``, drives it with JSON-RPC, and asserts both what the
 client sees (results, errors, events, history) and what the server was sent (paths, headers,
 exact bodies, when the client hung up).

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from daemon.providers.http import Redactor
+from warren.daemon.providers.http import Redactor
 from tests.daemon_client import Daemon
 from tests.fakes.llm_server import Exchange, FakeLLMServer, RawLine, SSEResponse
 from tests.test_providers_daemon import PROVIDER_ERROR, claude_section, openai_section, write_config

@@ -12,9 +12,9 @@ from typing import Any, Callable
 import pytest
 from jsonschema import Draft202012Validator
 
-from protocol.events import EVENT_TYPES, event_type_name
-from protocol.methods import METHODS
-from protocol.schema import COMBINED, file_stem, generate, render
+from warren.protocol.events import EVENT_TYPES, event_type_name
+from warren.protocol.methods import METHODS
+from warren.protocol.schema import COMBINED, file_stem, generate, render
 from tests.daemon_client import Daemon, script
 
 ROOT = Path(__file__).resolve().parent.parent

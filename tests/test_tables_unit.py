@@ -8,10 +8,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from daemon.store import sessions as tables
-from daemon.store.migrations import SCHEMA_VERSION, migrate
-from daemon.store import Connection
-from protocol.types import Usage
+from warren.daemon.store import sessions as tables
+from warren.daemon.store.migrations import SCHEMA_VERSION, migrate
+from warren.daemon.store import Connection
+from warren.protocol.types import Usage
 
 
 def _row(i: int, labels: dict[str, str]) -> tables.SessionRow:

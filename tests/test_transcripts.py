@@ -1095,6 +1095,7 @@ def spawn_old(spawn: Spawn, pre_transcripts_tree: Path, monkeypatch: pytest.Monk
     def start(*args: str, **kwargs: Any) -> Daemon:
         with monkeypatch.context() as m:
             m.setattr(daemon_client, "ROOT", pre_transcripts_tree)  # its cwd and PYTHONPATH
+            m.setattr(daemon_client, "DAEMON_MODULE", "daemon")  # it predates the warren namespace
             return spawn(*args, **kwargs)
 
     yield start

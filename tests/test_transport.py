@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from protocol.events import EVENT_TYPES, event_type_name
-from protocol.methods import METHODS
+from warren.protocol.events import EVENT_TYPES, event_type_name
+from warren.protocol.methods import METHODS
 from tests.daemon_client import ROOT, Daemon, script
 
 Spawn = Callable[..., Daemon]
@@ -683,7 +683,7 @@ def test_client_that_vanishes(tmp_path: Path, spawn: Spawn) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), WARREN_LOG_LEVEL="info")
     with open(tmp_path / "vanish.log", "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "serve", "--db", str(db)],
+            [sys.executable, "-m", "warren.daemon", "serve", "--db", str(db)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=env,
         )
         try:
@@ -735,7 +735,7 @@ def test_sigterm_with_a_client_that_stopped_reading(tmp_path: Path, spawn: Spawn
     env = dict(os.environ, PYTHONPATH=str(ROOT), WARREN_LOG_LEVEL="info")
     with open(tmp_path / "stuck.log", "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "serve", "--db", str(db), "--shutdown-grace-s", "1"],
+            [sys.executable, "-m", "warren.daemon", "serve", "--db", str(db), "--shutdown-grace-s", "1"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=env,
         )
         try:

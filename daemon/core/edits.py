@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import msgspec
 
-from protocol.events import TranscriptChanged
-from protocol.types import (
+from warren.protocol.events import TranscriptChanged
+from warren.protocol.types import (
     AppendParams,
     AppendResult,
     EditResult,

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Protocol
 import anyio
 import msgspec
 
-from protocol.events import (
+from warren.protocol.events import (
     DELTA_TYPES,
     Event,
     EventGap,
@@ -158,7 +158,7 @@ class _RunBuilder:
                         event_rows.run_body(self.deltas, self.stamps))
 
     def events(self) -> Iterable[Numbered]:
-        from protocol.events import ReasoningDelta, TextDelta
+        from warren.protocol.events import ReasoningDelta, TextDelta
 
         cls = TextDelta if self.type == "text_delta" else ReasoningDelta
         for i, (delta, stamp) in enumerate(zip(self.deltas, self.stamps)):

@@ -11,8 +11,8 @@ import base64
 import binascii
 import hashlib
 
-from protocol import MAX_IMAGE_BYTES
-from protocol.types import Block, ImageBlock, ImageInput, Message, Prompt, TextBlock, TextInput, ToolResultBlock
+from warren.protocol import MAX_IMAGE_BYTES
+from warren.protocol.types import Block, ImageBlock, ImageInput, Message, Prompt, TextBlock, TextInput, ToolResultBlock
 
 from .. import errors
 

@@ -15,8 +15,8 @@ from typing import Any, Awaitable, Callable
 import anyio
 import msgspec
 
-from protocol.errors import ErrorObject
-from protocol.events import (
+from warren.protocol.errors import ErrorObject
+from warren.protocol.events import (
     SessionEventsParams,
     SessionEventsResult,
     SubscribeParams,
@@ -26,7 +26,7 @@ from protocol.events import (
     UnsubscribeParams,
     UnsubscribeResult,
 )
-from protocol.types import (
+from warren.protocol.types import (
     DEFAULT_TOOL_TIMEOUT_MS,
     AppendSystemContextParams,
     AppendSystemContextResult,

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 import anyio
 import msgspec
 
-from protocol.events import Event, ToolExecutionCompleted, ToolExecutionStarted, ToolExecutionTimedOut
-from protocol.types import McpServerInput, ToolCall, ToolDef, ToolExecuteResult, ToolOverlay, ToolResultBlock
+from warren.protocol.events import Event, ToolExecutionCompleted, ToolExecutionStarted, ToolExecutionTimedOut
+from warren.protocol.types import McpServerInput, ToolCall, ToolDef, ToolExecuteResult, ToolOverlay, ToolResultBlock
 
 from .. import errors
 from . import images

@@ -20,7 +20,7 @@ import anyio.lowlevel
 import msgspec
 from msgspec import UNSET
 
-from protocol.events import (
+from warren.protocol.events import (
     BudgetWarning,
     CompactionCompleted,
     CompactionStarted,
@@ -36,7 +36,7 @@ from protocol.events import (
     TurnStarted,
     UsageReported,
 )
-from protocol.types import (
+from warren.protocol.types import (
     DEFAULT_TOOL_TIMEOUT_MS,
     Block,
     Budget,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.types import ImageBlock, Message, ReasoningBlock, TextBlock, ToolCall, ToolResultBlock, ToolUseBlock
+from warren.protocol.types import ImageBlock, Message, ReasoningBlock, TextBlock, ToolCall, ToolResultBlock, ToolUseBlock
 
 Problem = dict[str, str]
 

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import anyio
 import msgspec
 
-from protocol import acp
-from protocol.errors import ErrorObject, error_object
-from protocol.events import AnyEvent
-from protocol.types import (
+from warren.protocol import acp
+from warren.protocol.errors import ErrorObject, error_object
+from warren.protocol.events import AnyEvent
+from warren.protocol.types import (
     ForkParams,
     ImageBlock,
     ImageInput,

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
-from protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES, MAX_IMAGE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
-from protocol import types as t
-from protocol.events import (
+from warren.protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES, MAX_IMAGE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
+from warren.protocol import types as t
+from warren.protocol.events import (
     DELTA_TYPES,
     EVENT_TYPES,
     ReasoningDelta,
@@ -27,7 +27,7 @@ from protocol.events import (
     UnsubscribeParams,
     event_type_name,
 )
-from protocol.methods import METHODS
+from warren.protocol.methods import METHODS
 
 from .. import __version__, errors
 from ..core.events import Numbered
@@ -291,7 +291,7 @@ class WarrenFrontend:
 
         async def discover(p: t.DiscoverParams, ctx: RequestContext) -> Any:
             if self._openrpc is None:
-                from protocol.schema import openrpc  # builds every schema: only when asked
+                from warren.protocol.schema import openrpc  # builds every schema: only when asked
 
                 self._openrpc = openrpc(__version__)
             return self._openrpc

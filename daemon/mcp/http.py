@@ -27,11 +27,11 @@ import httpx
 import msgspec
 from httpx_sse import EventSource, SSEError
 
-from daemon import __version__
-from daemon.logs import get_logger
-from daemon.transport.dispatch import Dispatcher
-from protocol import jsonrpc
-from protocol.peer import PeerState
+from warren.daemon import __version__
+from warren.daemon.logs import get_logger
+from warren.daemon.transport.dispatch import Dispatcher
+from warren.protocol import jsonrpc
+from warren.protocol.peer import PeerState
 
 from .types import McpServerSpec, RequestFailed, ServerGone, redactor, remote_error_text, secrets_of
 

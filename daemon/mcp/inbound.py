@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from daemon.transport.dispatch import Dispatcher, RequestContext
+from warren.daemon.transport.dispatch import Dispatcher, RequestContext
 
 _encoder = msgspec.json.Encoder()
 

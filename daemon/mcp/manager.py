@@ -21,8 +21,8 @@ from typing import Any, Callable
 import anyio
 import anyio.abc
 
-from daemon import __version__
-from daemon.logs import get_logger
+from warren.daemon import __version__
+from warren.daemon.logs import get_logger
 
 from .content import to_call_result
 from .types import (

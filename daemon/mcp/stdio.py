@@ -26,8 +26,8 @@ from ..logs import get_logger
 from ..transport.dispatch import Dispatcher
 from ..transport.peer import Peer, PeerError, PeerGone
 from ..transport.stdio import Writer, read_chunks
-from protocol import jsonrpc
-from protocol.framing import LineBuffer, Oversized
+from warren.protocol import jsonrpc
+from warren.protocol.framing import LineBuffer, Oversized
 
 from .types import McpError, McpServerSpec, RequestFailed, ServerGone, redactor, remote_error_text, secrets_of
 

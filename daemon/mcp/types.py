@@ -122,7 +122,7 @@ def remote_error_text(error: Any) -> str:
 def redactor(secrets: Iterable[str]) -> Any:
     """The providers' redactor (imports httpx: call it on an error path or in the HTTP
     transport only)."""
-    from daemon.providers.http import Redactor
+    from warren.daemon.providers.http import Redactor
 
     return Redactor(secrets)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.types import ProviderInfo
+from warren.protocol.types import ProviderInfo
 
 from .. import errors
 from ..config import (
@@ -28,7 +28,7 @@ log = get_logger("warren.providers")
 
 
 def _params_error(exc: msgspec.ValidationError, prefix: str) -> errors.InvalidRequest:
-    from protocol.validation import split_message
+    from warren.protocol.validation import split_message
 
     from .scripted import ScriptedParams
 

@@ -20,8 +20,8 @@ from typing import Any, AsyncIterator
 
 import msgspec
 
-from daemon.config import fallback_model
-from daemon.providers.base import (
+from warren.daemon.config import fallback_model
+from warren.daemon.providers.base import (
     STRUCTURED_OUTPUT,
     Delta,
     ModelRequest,
@@ -35,14 +35,14 @@ from daemon.providers.base import (
     ToolUseStart,
     UsageReport,
 )
-from daemon.providers.http import (
+from warren.daemon.providers.http import (
     HTTPProvider,
     Redactor,
     decode_event_json,
     error_from_payload,
     with_missing_tool_results,
 )
-from protocol.types import ImageBlock, Message, ReasoningBlock, TextBlock, ToolResultBlock, ToolUseBlock, Usage
+from warren.protocol.types import ImageBlock, Message, ReasoningBlock, TextBlock, ToolResultBlock, ToolUseBlock, Usage
 
 API_VERSION = "2023-06-01"
 #: The API requires max_tokens; used when the request has none.

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Literal, Protocol, Union
 
 import msgspec
 
-from protocol.types import Message, ToolDef, Usage
+from warren.protocol.types import Message, ToolDef, Usage
 
 ModelStopReason = Literal["end_turn", "max_tokens", "tool_use", "refusal"]
 

@@ -27,13 +27,13 @@ import httpx
 import msgspec
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
-from daemon import __version__
-from daemon.config import ProviderConfig
-from daemon.providers.base import ProviderError, RetryPolicy
-from protocol.types import Message, ToolResultBlock, ToolUseBlock
+from warren.daemon import __version__
+from warren.daemon.config import ProviderConfig
+from warren.daemon.providers.base import ProviderError, RetryPolicy
+from warren.protocol.types import Message, ToolResultBlock, ToolUseBlock
 
 if TYPE_CHECKING:
-    from daemon.providers.base import Delta, Provider
+    from warren.daemon.providers.base import Delta, Provider
 
 #: How much of an error body we read; error JSON is small, an HTML error page need not be.
 ERROR_BODY_LIMIT = 64 * 1024
@@ -532,9 +532,9 @@ def with_missing_tool_results(messages: list[Message]) -> list[Message]:
 def build_provider(config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> "Provider":
     """The provider object for a config entry (imports only the adapter it needs)."""
     if config.type == "anthropic":
-        from daemon.providers.anthropic import AnthropicProvider
+        from warren.daemon.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(config, transport=transport)
-    from daemon.providers.openai import OpenAIProvider
+    from warren.daemon.providers.openai import OpenAIProvider
 
     return OpenAIProvider(config, transport=transport)

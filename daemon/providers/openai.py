@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from daemon.config import fallback_model
-from daemon.providers.base import (
+from warren.daemon.config import fallback_model
+from warren.daemon.providers.base import (
     STRUCTURED_OUTPUT,
     Delta,
     ModelRequest,
@@ -53,7 +53,7 @@ from daemon.providers.base import (
 )
 import httpx
 
-from daemon.providers.http import (
+from warren.daemon.providers.http import (
     HTTPProvider,
     Redactor,
     _read_limited,
@@ -63,7 +63,7 @@ from daemon.providers.http import (
     error_from_response,
     with_missing_tool_results,
 )
-from protocol.types import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
+from warren.protocol.types import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
 
 #: provider_params keys Warren sets itself; given in provider_params they are ignored.
 #: Everything else (``temperature``, ``top_p``, ``seed``, ``stop``, ``reasoning_effort``,

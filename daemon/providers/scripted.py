@@ -14,7 +14,7 @@ import anyio
 import msgspec
 from msgspec import Meta, Struct
 
-from protocol.types import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, ReasoningBlock, Usage
+from warren.protocol.types import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, ReasoningBlock, Usage
 
 #: An image counts as this many characters of input (1,000 tokens), whatever its size.
 IMAGE_CHARS = 4000

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.types import Block, ToolDef
+from warren.protocol.types import Block, ToolDef
 
 _enc = msgspec.json.Encoder()
 BLOCKS = msgspec.json.Decoder(list[Block])

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import msgspec
 
-from protocol.events import DELTA_TYPES
+from warren.protocol.events import DELTA_TYPES
 
 class EventRow(msgspec.Struct):
     session_id: str

@@ -26,7 +26,7 @@ class Migration(NamedTuple):
 async def _messages_into_segments(db: Any) -> None:
     """Each session's messages become one segment it owns, with ids and hash values; a
     system message whose text a system-context key remembers gets that key."""
-    from protocol.types import Message
+    from warren.protocol.types import Message
 
     from ..clock import new_id
     from . import transcripts

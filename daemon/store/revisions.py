@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.types import EditReason, RevisionEntry
+from warren.protocol.types import EditReason, RevisionEntry
 
 from .codec import dumps
 from .transcripts import Path

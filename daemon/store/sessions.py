@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.types import DEFAULT_TOOL_TIMEOUT_MS, Budget, ForkedFrom, McpServerInput, SessionSummary, ToolDef, Usage
+from warren.protocol.types import DEFAULT_TOOL_TIMEOUT_MS, Budget, ForkedFrom, McpServerInput, SessionSummary, ToolDef, Usage
 
 from .codec import ANY, LABELS, TOOLS, dumps
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from protocol.types import Block, TextBlock, ToolCall
+from warren.protocol.types import Block, TextBlock, ToolCall
 
 from .codec import ANY, BLOCKS, dumps
 

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from protocol.types import Message
+from warren.protocol.types import Message
 
 from .codec import BLOCKS, dumps
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.types import Usage
+from warren.protocol.types import Usage
 
 from .codec import dumps
 

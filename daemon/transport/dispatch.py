@@ -14,8 +14,8 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 
-from protocol.errors import ErrorObject, error_object
-from protocol.validation import ParamsInvalid, validate
+from warren.protocol.errors import ErrorObject, error_object
+from warren.protocol.validation import ParamsInvalid, validate
 
 from .. import errors
 from ..logs import get_logger

@@ -15,10 +15,10 @@ from typing import Any, Awaitable, Callable
 import anyio
 import anyio.abc
 
-from protocol import jsonrpc
-from protocol.errors import ErrorObject, error_object
-from protocol.framing import LineBuffer, Oversized
-from protocol.peer import PeerState
+from warren.protocol import jsonrpc
+from warren.protocol.errors import ErrorObject, error_object
+from warren.protocol.framing import LineBuffer, Oversized
+from warren.protocol.peer import PeerState
 
 from ..logs import get_logger
 from .dispatch import Dispatcher

@@ -1,0 +1,1 @@
+"""Warren's client library for plugin authors and scripts (installed as ``warren.client``)."""
