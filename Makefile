@@ -36,6 +36,7 @@ test: $(STAMP) $(NODE_STAMP)
 
 schemas: $(STAMP)
 	$(PY) -m warren.protocol.schema schemas
+	$(PY) -m warren.protocol.typescript schemas/typescript/warren-protocol.d.ts
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)

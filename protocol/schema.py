@@ -21,6 +21,8 @@ Layout of the output directory:
 - ``error.json``: the JSON-RPC ``error`` member, with ``data.code`` / ``data.retryable``.
 - ``warren.schema.json``: every definition under ``$defs``, plus an index (``methods``,
   ``events``, ``notifications``, ``error``) of ``$ref``\\ s into it.
+- ``typescript/``: not written here, but by ``protocol.typescript`` (TypeScript declarations
+  from the same definitions); left alone.
 """
 
 from __future__ import annotations
@@ -236,10 +238,16 @@ def render(schema: Schema) -> str:
 # ---------------------------------------------------------------- command line
 
 
+#: Folders of the output directory that another generator writes (``protocol.typescript``):
+#: never "not generated", never removed.
+FOREIGN = ("typescript/",)
+
+
 def _existing(root: Path) -> set[str]:
     if not root.is_dir():
         return set()
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    found = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    return {p for p in found if not p.startswith(FOREIGN)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 
 from warren.protocol.events import EVENT_TYPES, event_type_name
 from warren.protocol.methods import METHODS
-from warren.protocol.schema import COMBINED, file_stem, generate, render
+from warren.protocol.schema import COMBINED, FOREIGN, file_stem, generate, render
 from tests.daemon_client import Daemon, script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +44,7 @@ def check(path: str, instance: Any, what: str) -> None:
 def test_checked_in_schemas_match_the_wire_types() -> None:
     wanted = generated()
     present = {p.relative_to(SCHEMAS).as_posix() for p in SCHEMAS.rglob("*") if p.is_file()} if SCHEMAS.is_dir() else set()
+    present = {p for p in present if not p.startswith(FOREIGN)}  # typescript/: tests/test_typescript.py
     missing = sorted(set(wanted) - present)
     stale = sorted(p for p in set(wanted) & present if (SCHEMAS / p).read_text("utf-8") != render(wanted[p]))
     extra = sorted(present - set(wanted))
