@@ -10,8 +10,10 @@ configured header value and the credentials in the base URL. Where such a text i
 in part, ``Redactor.clip`` cuts it, after redacting it whole: a secret echoed across the cut
 would otherwise lose its tail, no longer match, and leave its first characters in the message.
 
-Importing this module imports ``httpx``; the daemon imports it only when a real provider is
-first used.
+The HTTP itself is ``wire``'s small HTTP/1.1 client (see its docstring for why not httpx):
+the adapters see only ``_stream_sse``, ``_get`` and ``ServerSentEvent``, so the stack can change
+here without them noticing. The daemon imports this module only when a real provider is first
+used.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
-import httpx
 import msgspec
-from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from warren.daemon import __version__
 from warren.daemon.config import ProviderConfig
+from warren.daemon.providers import wire
 from warren.daemon.providers.base import ProviderError, RetryPolicy
+from warren.daemon.providers.wire import ServerSentEvent
 from warren.protocol.types import Message, ToolResultBlock, ToolUseBlock
 
 if TYPE_CHECKING:
@@ -129,17 +131,12 @@ def secrets_of(config: ProviderConfig) -> list[str]:
     return out
 
 
-def build_timeout(config: ProviderConfig) -> httpx.Timeout:
-    """``read`` bounds the silence between two chunks of a stream (not the whole call, which is
-    the turn loop's ``turn_timeout_s``). A server that stops accepting the request body is as
-    stuck as one that stops sending, so ``write`` uses the read timeout; waiting for a pooled
-    connection is like connecting, so ``pool`` uses the connect timeout."""
-    return httpx.Timeout(
-        connect=config.connect_timeout_s,
-        read=config.read_timeout_s,
-        write=config.read_timeout_s,
-        pool=config.connect_timeout_s,
-    )
+def build_timeout(config: ProviderConfig) -> wire.Timeouts:
+    """``read`` bounds the silence between two reads of a stream, the wait for the response's
+    head included (not the whole call, which is the turn loop's ``turn_timeout_s``). A server
+    that stops accepting the request body is as stuck as one that stops sending, so ``write``
+    uses the read timeout."""
+    return wire.Timeouts(connect=config.connect_timeout_s, read=config.read_timeout_s, write=config.read_timeout_s)
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> int | None:
@@ -303,12 +300,10 @@ def error_from_exception(provider: str, exc: Exception, redact: Redactor, *, hos
     name = exc.__class__.__name__
     detail = redact(str(exc)) or _TIMEOUT_TEXT.get(name, "failed")
     text = f"{name}{f' ({host})' if host else ''}: {detail}"
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, wire.TimeoutException):
         return ProviderError(provider, "timeout", text, retryable=True)
-    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError)):
+    if isinstance(exc, (wire.UnsupportedProtocol, wire.InvalidURL, wire.LocalProtocolError)):
         return ProviderError(provider, "bad_request", text, retryable=False)
-    if isinstance(exc, SSEError):
-        return ProviderError(provider, "protocol", redact(str(exc)), retryable=False)
     return ProviderError(provider, "connection", text, retryable=True)
 
 
@@ -335,32 +330,38 @@ def incomplete_stream(provider: str, what: str) -> ProviderError:
 
 
 class HTTPProvider:
-    """Base of the HTTP providers: config, one lazily created ``httpx.AsyncClient``, and
-    ``_open_sse`` which makes the single HTTP attempt of a model call.
+    """Base of the HTTP providers: config, one lazily created ``wire.Client`` (its idle
+    connections are reused across calls), and ``_stream_sse`` which makes the single HTTP
+    attempt of a model call.
 
-    The client is created on first use, not in ``__init__``, so constructing a provider (for
-    ``initialize``'s provider list, say) costs nothing and does not need a running loop.
+    The client is created on first use (or by ``warm``), not in ``__init__``, so constructing a
+    provider (for ``initialize``'s provider list, say) costs nothing and needs no running loop.
     """
 
-    def __init__(self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.name = config.name
         self.retry_policy = RetryPolicy(max_retries=config.max_retries)
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: wire.Client | None = None
         self._redact = Redactor(secrets_of(config))
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(name={self.name!r}, base_url={self.config.base_url!r})"
 
-    def _http_client(self) -> httpx.AsyncClient:
+    def warm(self) -> None:
+        """Do the provider's one-off work now, without network I/O: build its HTTP client and,
+        for an ``https`` base URL (or an ``https`` proxy), its TLS context (loading the CA
+        bundle). Synchronous, so the daemon can run it in a worker thread before the first
+        model call needs it; calling it again, or after a call, does nothing more."""
+        self._http_client().warm(self.config.base_url)
+
+    def _http_client(self) -> wire.Client:
         if self._client is None or self._client.is_closed:
-            self._client = httpx.AsyncClient(
-                timeout=build_timeout(self.config),
-                transport=self._transport,
-                follow_redirects=False,
+            self._client = wire.Client(
+                timeouts=build_timeout(self.config),
                 headers={"user-agent": f"warren/{__version__}"},
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=60),
+                max_idle=16,
+                keepalive_expiry=60,
             )
         return self._client
 
@@ -384,8 +385,7 @@ class HTTPProvider:
         so none is sent twice.
 
         A value HTTP cannot carry (a line break, a non-ASCII character) is refused here with
-        a message naming where it came from: httpx would otherwise fail with an error quoting
-        the value (a key!) or with a bare ``UnicodeEncodeError``.
+        a message naming where it came from, never quoting the value (it may be a key).
         """
         configured = {k.lower(): v for k, v in self.config.headers.items()}
         merged = {**{k.lower(): v for k, v in headers.items()}, **configured}
@@ -406,40 +406,32 @@ class HTTPProvider:
             )
         return merged
 
-    @asynccontextmanager
-    async def _open_sse(
-        self, url: str, headers: dict[str, str], body: dict[str, Any]
-    ) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-        """POST ``body`` and yield the response's SSE events.
+    def _host(self, url: str) -> str:
+        """``host:port`` of ``url`` without credentials, for error messages."""
+        try:
+            return urlsplit(url).netloc.rpartition("@")[2]
+        except ValueError:
+            return ""
 
-        Raises ``ProviderError`` for a non-2xx status, a non-SSE body, and any transport
-        failure, whether while connecting or mid-stream. Leaving the ``async with`` (including
-        by ``GeneratorExit`` when the caller's generator is closed on interrupt) closes the
-        response, which drops the unfinished connection at once.
-        """
+    @asynccontextmanager
+    async def _request(
+        self, method: str, url: str, headers: dict[str, str], content: bytes = b""
+    ) -> AsyncIterator[wire.Response]:
+        """One HTTP request; transport failures (connecting, or later while the body is read
+        inside the block) become ``ProviderError``. Leaving the block closes the response:
+        unless its body was read to the end, that drops the connection at once."""
         try:
-            content = msgspec.json.encode(body)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise ProviderError(self.name, "bad_request", f"request is not JSON-encodable: {exc}", retryable=False) from None
-        all_headers = {
-            **self._merged_headers(headers),
-            "content-type": "application/json",
-            "accept": "text/event-stream",
-        }
-        client = self._http_client()
-        try:
-            async with client.stream("POST", url, content=content, headers=all_headers) as response:
-                if response.status_code >= 300:
-                    body_bytes = await _read_limited(response)
-                    raise error_from_response(self.name, response.status_code, response.headers, body_bytes, self._redact)
-                ctype = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-                if ctype != "text/event-stream":
-                    raise await self._not_a_stream(response, ctype)
-                async with aclosing(EventSource(response).aiter_sse()) as events:
-                    yield events
-        except httpx.HTTPError as exc:
-            host = urlsplit(url).netloc.rpartition("@")[2]
-            raise error_from_exception(self.name, exc, self._redact, host=host) from None
+            async with self._http_client().stream(method, url, headers=headers, content=content) as response:
+                yield response
+        except wire.HTTPError as exc:
+            raise error_from_exception(self.name, exc, self._redact, host=self._host(url)) from None
+
+    async def _get(self, url: str, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        """A small GET: status, headers and at most ``ERROR_BODY_LIMIT`` bytes of body."""
+        all_headers = {**self._merged_headers(headers), "accept": "application/json"}
+        async with self._request("GET", url, all_headers) as response:
+            body = await _read_limited(response)
+        return response.status_code, response.headers, body
 
     async def _stream_sse(
         self,
@@ -449,16 +441,39 @@ class HTTPProvider:
         finished: Callable[[], bool],
         end_marker: str,
     ) -> AsyncIterator["Delta"]:
-        """One streamed call, the part both APIs share: feed each SSE event to the adapter's
-        parser until it has seen ``end_marker``, then read the body to its end so the
-        connection can be reused. A fault after the end marker loses nothing and is ignored;
-        a stream that ends before it is a retryable connection error."""
+        """One streamed call, the part both APIs share: POST ``body``, feed each SSE event to
+        the adapter's parser until it has seen ``end_marker``, then read the body to its end so
+        the connection can be reused. A fault after the end marker loses nothing and is
+        ignored; a stream that ends before it is a retryable connection error.
+
+        Raises ``ProviderError`` for a non-2xx status, a non-SSE body, and any transport
+        failure, whether while connecting or mid-stream. Closing this generator (``aclose`` on
+        interrupt) leaves the request's block, which drops the unfinished connection at once.
+        """
         try:
-            async with self._open_sse(url, self.build_headers(), body) as events:
-                async for sse in events:
-                    if not finished():
-                        for delta in feed(sse):
-                            yield delta
+            content = msgspec.json.encode(body)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ProviderError(self.name, "bad_request", f"request is not JSON-encodable: {exc}", retryable=False) from None
+        headers = {
+            **self._merged_headers(self.build_headers()),
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+        }
+        try:
+            async with self._request("POST", url, headers, content) as response:
+                if response.status_code >= 300:
+                    body_bytes = await _read_limited(response)
+                    raise error_from_response(self.name, response.status_code, response.headers, body_bytes, self._redact)
+                ctype = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+                if ctype != "text/event-stream":
+                    raise await self._not_a_stream(response, ctype)
+                decoder = wire.SSEDecoder()
+                async with aclosing(response.aiter_bytes()) as pieces:
+                    async for piece in pieces:
+                        for sse in decoder.feed(piece):
+                            if not finished():
+                                for delta in feed(sse):
+                                    yield delta
         except ProviderError:
             if not finished():
                 raise
@@ -469,7 +484,7 @@ class HTTPProvider:
     def build_headers(self) -> dict[str, str]:
         raise NotImplementedError
 
-    async def _not_a_stream(self, response: httpx.Response, ctype: str) -> ProviderError:
+    async def _not_a_stream(self, response: wire.Response, ctype: str) -> ProviderError:
         """Some compatible servers answer 200 with a JSON error instead of a stream."""
         body = await _read_limited(response)
         try:
@@ -484,18 +499,11 @@ class HTTPProvider:
         )
 
 
-async def _read_limited(response: httpx.Response) -> bytes:
+async def _read_limited(response: wire.Response) -> bytes:
     """At most ``ERROR_BODY_LIMIT`` bytes of the body. One of exactly that size may have been
     cut off, even inside an echoed secret: quote it only through ``Redactor.clip`` with
     ``complete=False``."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= ERROR_BODY_LIMIT:
-            break
-    return b"".join(chunks)[:ERROR_BODY_LIMIT]
+    return await response.read(ERROR_BODY_LIMIT)
 
 
 MISSING_TOOL_RESULT = "No result was recorded for this tool call."
@@ -529,12 +537,12 @@ def with_missing_tool_results(messages: list[Message]) -> list[Message]:
     return out
 
 
-def build_provider(config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> "Provider":
+def build_provider(config: ProviderConfig) -> "Provider":
     """The provider object for a config entry (imports only the adapter it needs)."""
     if config.type == "anthropic":
         from warren.daemon.providers.anthropic import AnthropicProvider
 
-        return AnthropicProvider(config, transport=transport)
+        return AnthropicProvider(config)
     from warren.daemon.providers.openai import OpenAIProvider
 
-    return OpenAIProvider(config, transport=transport)
+    return OpenAIProvider(config)

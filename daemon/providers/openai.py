@@ -51,14 +51,10 @@ from warren.daemon.providers.base import (
     ToolUseStart,
     UsageReport,
 )
-import httpx
-
 from warren.daemon.providers.http import (
     HTTPProvider,
     Redactor,
-    _read_limited,
     decode_event_json,
-    error_from_exception,
     error_from_payload,
     error_from_response,
     with_missing_tool_results,
@@ -142,16 +138,11 @@ class OpenAIProvider(HTTPProvider):
         other failures (auth, connection, 5xx) are raised as for a model call.
         """
         url = self.config.base_url.rstrip("/") + "/models"
-        headers = {**self._merged_headers(self.build_headers()), "accept": "application/json"}
-        try:
-            async with self._http_client().stream("GET", url, headers=headers) as response:
-                body = await _read_limited(response)
-        except httpx.HTTPError as exc:
-            raise error_from_exception(self.name, exc, self._redact, host=urlsplit(url).netloc.rpartition("@")[2]) from None
-        if response.status_code in (404, 405, 501):
+        status, headers, body = await self._get(url, self.build_headers())
+        if status in (404, 405, 501):
             return None  # no model list here: the user must name the model
-        if response.status_code >= 300:
-            raise error_from_response(self.name, response.status_code, response.headers, body, self._redact)
+        if status >= 300:
+            raise error_from_response(self.name, status, headers, body, self._redact)
         try:
             models = msgspec.json.decode(body).get("data") or []
             return str(models[0]["id"]) if models else None
