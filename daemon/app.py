@@ -6,7 +6,6 @@ Start-up does not wait for the database: the store opens in the background while
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from warren.protocol import DEFAULT_COALESCE_AFTER_LINES
 from .core.events import EventBus
 from .frontends.warren import CANCEL_METHOD, WarrenFrontend
 from .mcp import McpManager
+from .frontends.handshake import Handshake, Initialize
 from .providers import ProviderRegistry
 from .store import Store
 from .transport.peer import Peer
@@ -43,7 +43,11 @@ class Options(msgspec.Struct):
     frontend: str = "serve"  # "serve": Warren's protocol; "acp": the Agent Client Protocol
 
 
-async def serve(options: Options, in_fd: int, out_fd: int) -> None:
+async def serve(options: Options, in_fd: int, out_fd: int, registry: ProviderRegistry,
+                startup_logs: list[tuple[str, str, dict[str, Any]]], *,
+                initialize: Initialize | None = None, first: Handshake | None = None) -> None:
+    """``first``: what ``handshake.answer_first_request`` did with the first line before
+    the loop existed (``initialize`` is the handler that answered it)."""
     built: list[SessionService] = []
     stopping = False
 
@@ -64,7 +68,6 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
     mcp = McpManager(log_stderr=_log_mcp_stderr)
     bus = EventBus(store, keep_delta_turns=options.keep_delta_turns)
     writer = Writer(out_fd, coalesce_after=options.coalesce_after_lines)
-    registry, startup_logs = load_providers(options.config)
     startup_logs.append(
         ("info", "started", {"db": str(options.db) if options.db else ":memory:", "max_line_bytes": options.max_line_bytes})
     )
@@ -83,6 +86,7 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         store.want_open()
         for level, event, fields in startup_logs:
             getattr(log, level)(event, **fields)
+        await _prepare_provider(registry, peer)
 
     frontend: WarrenFrontend | AcpFrontend
     if options.frontend == "acp":
@@ -94,11 +98,13 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
                     cancel_field="requestId", shutdown_grace_s=options.shutdown_grace_s, on_first_line=lambda: root.start_soon(warm_up))
         frontend = AcpFrontend(peer, registry, service)
     else:
+        answered = first is not None and first.answered
         peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=CANCEL_METHOD,
-                    shutdown_grace_s=options.shutdown_grace_s, on_first_line=lambda: root.start_soon(warm_up))
+                    shutdown_grace_s=options.shutdown_grace_s,
+                    on_first_line=None if answered else lambda: root.start_soon(warm_up))
         frontend = WarrenFrontend(peer, registry, service, max_line_bytes=options.max_line_bytes,
                                   coalesce_after_lines=options.coalesce_after_lines,
-                                  db_path=str(options.db) if options.db else None)
+                                  db_path=str(options.db) if options.db else None, initialize=initialize)
 
     async with anyio.create_task_group() as root:
         root.start_soon(writer.run)
@@ -106,7 +112,15 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
         root.start_soon(bus.run)
         await root.start(mcp.run)
         root.start_soon(_watch_signals, peer)
-        await peer.serve(in_fd, frontend.dispatcher, input_closed)
+        if first is not None and first.answered:
+            root.start_soon(warm_up)
+        if first is not None and first.stop_signal is not None:
+            log.info("signal", signal=signal.Signals(first.stop_signal).name)
+            peer.stop_reading()
+        if first is None:
+            await peer.serve(in_fd, frontend.dispatcher, input_closed)
+        else:
+            await peer.serve(in_fd, frontend.dispatcher, input_closed, buffer=first.buffer, pending=first.pending)
         writer.close()
         with anyio.move_on_after(options.shutdown_grace_s):
             await writer.wait_drained()
@@ -118,20 +132,20 @@ async def serve(options: Options, in_fd: int, out_fd: int) -> None:
     log.info("stopped")
 
 
-def load_providers(path: Path | None) -> tuple[ProviderRegistry, list[tuple[str, str, dict[str, Any]]]]:
-    """Read the config; a broken file is reported on use instead of stopping the daemon.
-    Returns the log lines to write once start-up is over."""
-    from .config import Config, ConfigError, default_config_path, load_config
-
+async def _prepare_provider(registry: ProviderRegistry, peer: Peer) -> None:
+    """Import and build the default provider in a worker thread, once the client's first
+    requests are answered (or after a second of steady traffic), so that the first turn
+    does not wait for it and no early request waits behind it."""
+    with anyio.move_on_after(1.0):
+        while peer.state.inflight_count:
+            await anyio.sleep(0.01)
     try:
-        config = load_config(path)
-    except ConfigError as exc:
-        config = Config(None, None, {}, path or default_config_path(os.environ))
-        return ProviderRegistry(config, exc), [("error", "config_invalid", {"error": exc.message})]
-    logs: list[tuple[str, str, dict[str, Any]]] = [("warning", "config_warning", {"warning": w}) for w in config.warnings]
-    logs.append(("info", "config_loaded", {"path": str(config.path), "file_loaded": config.file_loaded,
-                                           "providers": sorted(config.providers), "default": config.default_provider}))
-    return ProviderRegistry(config), logs
+        prepared = await anyio.to_thread.run_sync(registry.prepare_default)
+    except Exception as exc:  # noqa: BLE001 - the first turn builds it again and reports why
+        log.warning("provider_prepare_failed", error=type(exc).__name__)
+        return
+    if prepared is not None:
+        registry.adopt(prepared)
 
 
 def _log_mcp_stderr(server: str, line: str) -> None:

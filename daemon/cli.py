@@ -120,13 +120,29 @@ def main(argv: list[str] | None = None) -> int:
     if args["max_line_bytes"] < 1024:
         print("warren: --max-line-bytes must be at least 1024", file=sys.stderr)
         return 2
-
-    from .transport.stdio import protect_stdout
+    if args["keep_delta_turns"] is not None and args["keep_delta_turns"] < 0:
+        print("warren: --keep-delta-turns must be 0 or more", file=sys.stderr)
+        return 2
+    if args["coalesce_after_lines"] < 1:
+        print("warren: --coalesce-after-lines must be at least 1", file=sys.stderr)
+        return 2
+    from .transport.stdout import protect_stdout
 
     out_fd = protect_stdout()
     from . import logs
 
     logs.configure(args["log_level"])
+    from .providers import load_providers
+
+    registry, startup_logs = load_providers(args["config"])
+    initialize = first = None
+    if args["command"] == "serve":
+        # Answered before anyio, the store and the service are imported: see handshake.
+        from .frontends.handshake import Initialize, answer_first_request
+
+        initialize = Initialize(registry, max_line_bytes=args["max_line_bytes"],
+                                coalesce_after_lines=args["coalesce_after_lines"])
+        first = answer_first_request(0, out_fd, initialize, args["max_line_bytes"])
 
     import anyio
 
@@ -134,12 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     from .store.db import default_db_path
 
     db = None if args["ephemeral"] else (args["db"] or default_db_path())
-    if args["keep_delta_turns"] is not None and args["keep_delta_turns"] < 0:
-        print("warren: --keep-delta-turns must be 0 or more", file=sys.stderr)
-        return 2
-    if args["coalesce_after_lines"] < 1:
-        print("warren: --coalesce-after-lines must be at least 1", file=sys.stderr)
-        return 2
     options = Options(db=db, max_line_bytes=args["max_line_bytes"], config=args["config"],
                       busy_timeout_ms=args["busy_timeout_ms"], shutdown_grace_s=args["shutdown_grace_s"],
                       keep_delta_turns=args["keep_delta_turns"], coalesce_after_lines=args["coalesce_after_lines"],
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     # Everything imported so far lives for the whole process: keep the collector from
     # walking it again and again (full collections were 10 ms pauses in long tool loops).
     gc.freeze()
-    anyio.run(serve, options, 0, out_fd)
+    anyio.run(lambda: serve(options, 0, out_fd, registry, startup_logs, initialize=initialize, first=first))
     return 0
 
 

@@ -773,7 +773,7 @@ def test_sigterm_with_a_client_that_stopped_reading(tmp_path: Path, spawn: Spawn
 def test_protect_stdout_redirects_stray_prints(tmp_path: Path) -> None:
     code = (
         "import os, sys\n"
-        "from daemon.transport.stdio import protect_stdout\n"
+        "from warren.daemon.transport.stdout import protect_stdout\n"
         "fd = protect_stdout()\n"
         "print('junk')\n"
         "sys.stdout.flush()\n"

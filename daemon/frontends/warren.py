@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
-from warren.protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES, MAX_IMAGE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
+from warren.protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES, PROTOCOL_VERSION
 from warren.protocol import types as t
 from warren.protocol.events import (
     DELTA_TYPES,
-    EVENT_TYPES,
     ReasoningDelta,
     SessionEventParams,
     StoredEventParams,
@@ -25,11 +24,11 @@ from warren.protocol.events import (
     SessionEventsParams,
     TextDelta,
     UnsubscribeParams,
-    event_type_name,
 )
 from warren.protocol.methods import METHODS
 
-from .. import __version__, errors
+from .. import __version__
+from .handshake import Initialize
 from ..core.events import Numbered
 from ..core.tools import ClientError, ClientGone
 from ..providers import ProviderRegistry
@@ -140,16 +139,20 @@ class WarrenFrontend:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         coalesce_after_lines: int = DEFAULT_COALESCE_AFTER_LINES,
         db_path: str | None = None,
+        initialize: Initialize | None = None,
     ) -> None:
         """``service`` builds the session service on first use: ``initialize`` and
-        ``providers/list`` never need it, so answering them never waits for its imports."""
+        ``providers/list`` never need it, so answering them never waits for its imports.
+        ``initialize``: its handler, which may already have answered the first request
+        (``handshake``) before this front-end existed."""
         self.peer = peer
         self.writer = peer.writer
         self.providers = providers
         self.service = service
         self.max_line_bytes = max_line_bytes
         self.coalesce_after_lines = coalesce_after_lines
-        self.tool_execute = False  # the client's capabilities.tool_execute, set by initialize
+        self.initialize = initialize or Initialize(providers, max_line_bytes=max_line_bytes,
+                                                   coalesce_after_lines=coalesce_after_lines)
         self.db_path = db_path
         self.started = time.monotonic()
         self._openrpc: dict[str, Any] | None = None
@@ -173,7 +176,7 @@ class WarrenFrontend:
     # ------------------------------------------------------------------ the client channel
 
     def supports_tool_execute(self) -> bool:
-        return self.tool_execute and not self.peer.client_gone
+        return self.initialize.tool_execute and not self.peer.client_gone
 
     def stages_tool_results(self) -> bool:
         return True  # session/stage_tool_results: calls the client does not execute wait for it
@@ -193,27 +196,6 @@ class WarrenFrontend:
 
     def _table(self) -> dict[str, tuple[type[msgspec.Struct], Handler]]:
         service = self.service
-
-        async def initialize(p: t.InitializeParams, ctx: RequestContext) -> t.InitializeResult:
-            if p.protocol_version != PROTOCOL_VERSION:
-                raise errors.InvalidRequest.at(
-                    "$.protocol_version", f"unsupported version {p.protocol_version}; this daemon speaks {PROTOCOL_VERSION}"
-                )
-            if p.capabilities is not None:
-                self.tool_execute = p.capabilities.tool_execute
-            if p.client_info is not None:
-                ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
-            return t.InitializeResult(
-                protocol_version=PROTOCOL_VERSION,
-                server_info=t.ServerInfo("warren", __version__),
-                capabilities=t.ServerCapabilities(
-                    methods=self.dispatcher.methods,
-                    events=[event_type_name(e) for e in EVENT_TYPES],
-                    providers=self.providers.names(),
-                ),
-                limits=t.Limits(max_line_bytes=self.max_line_bytes, max_page_size=MAX_PAGE_SIZE,
-                                coalesce_after_lines=self.coalesce_after_lines, max_image_bytes=MAX_IMAGE_BYTES),
-            )
 
         async def shutdown(p: t.ShutdownParams, ctx: RequestContext) -> t.EmptyResult:
             await service().interrupt_all()
@@ -315,7 +297,7 @@ class WarrenFrontend:
             return t.McpServersResult([msgspec.convert(msgspec.to_builtins(s), t.McpServerInfo) for s in statuses])
 
         handlers: dict[str, Handler] = {
-            "initialize": initialize,
+            "initialize": self.initialize,
             "shutdown": shutdown,
             "session/create": create,
             "turn/start": start,
@@ -347,4 +329,4 @@ class WarrenFrontend:
         missing = set(METHODS) ^ set(handlers)
         if missing:
             raise RuntimeError(f"handlers and protocol.methods disagree on {sorted(missing)}")
-        return {name: (METHODS[name].params, handler) for name, handler in handlers.items()}
+        return {name: (spec.params, handlers[name]) for name, spec in METHODS.items()}

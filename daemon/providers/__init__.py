@@ -5,6 +5,8 @@ Provider modules (and so ``httpx``) are imported on first use, so they never slo
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,7 +19,9 @@ from ..config import (
     Config,
     ConfigError,
     UnknownProvider,
+    default_config_path,
     known_provider_names,
+    load_config,
     resolve_model,
     resolve_provider,
 )
@@ -123,6 +127,33 @@ class ProviderRegistry:
         self._instances[name] = provider
         return provider
 
+    def prepare_default(self) -> tuple[str, Provider] | None:
+        """Build the provider a new session would get, with its one-off work done (imports
+        of the HTTP stack, its client, TLS for an ``https://`` endpoint), so that the first
+        turn does not pay for it. Meant for a worker thread once the first request is
+        answered; ``adopt`` its result on the loop. None when there is nothing to prepare."""
+        if self.config_error is not None:
+            return None
+        try:
+            name = resolve_provider(self.config, None)
+            config = self.config.provider(name)
+        except ConfigError:
+            return None
+        if name == SCRIPTED or name in self._instances:
+            return None
+        from .http import build_provider
+
+        provider = build_provider(config)
+        warm = getattr(provider, "warm", None)
+        if warm is not None:
+            warm()
+        return name, provider
+
+    def adopt(self, prepared: tuple[str, Provider]) -> None:
+        """Keep a provider built by ``prepare_default`` unless a turn built one meanwhile."""
+        name, provider = prepared
+        self._instances.setdefault(name, provider)
+
     def check_credential(self, name: str) -> None:
         """Refuse, before a session is stored, a provider that needs a key and has none: the
         same PROVIDER_ERROR its first call would give."""
@@ -187,3 +218,17 @@ class ProviderRegistry:
                     await close()
                 except Exception:  # noqa: BLE001 - closing idle HTTP pools is best effort
                     log.warning("provider_close_failed", provider=provider.name)
+
+
+def load_providers(path: Path | None) -> tuple[ProviderRegistry, list[tuple[str, str, dict[str, Any]]]]:
+    """Read the config; a broken file is reported on use instead of stopping the daemon.
+    Returns the log lines to write once start-up is over."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        config = Config(None, None, {}, path or default_config_path(os.environ))
+        return ProviderRegistry(config, exc), [("error", "config_invalid", {"error": exc.message})]
+    logs: list[tuple[str, str, dict[str, Any]]] = [("warning", "config_warning", {"warning": w}) for w in config.warnings]
+    logs.append(("info", "config_loaded", {"path": str(config.path), "file_loaded": config.file_loaded,
+                                           "providers": sorted(config.providers), "default": config.default_provider}))
+    return ProviderRegistry(config), logs

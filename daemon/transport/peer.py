@@ -10,7 +10,7 @@ the order it was produced.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import anyio
 import anyio.abc
@@ -135,17 +135,25 @@ class Peer:
         self._stop_reading.cancel()
 
     async def serve(
-        self, in_fd: int, dispatcher: Dispatcher, on_input_closed: Callable[[], Awaitable[None]] | None = None
+        self,
+        in_fd: int,
+        dispatcher: Dispatcher,
+        on_input_closed: Callable[[], Awaitable[None]] | None = None,
+        *,
+        buffer: LineBuffer | None = None,
+        pending: Sequence[bytes | Oversized] = (),
     ) -> None:
         """Read and dispatch until end of input or ``stop_reading``, then settle: let the
         front-end wind down (``on_input_closed``: interrupt turns), wait for in-flight
-        requests, and cancel them after the grace period."""
+        requests, and cancel them after the grace period. ``buffer`` and ``pending``: input
+        read before the loop ran (the line buffer it went into, and the lines already split
+        from it but not yet handled)."""
         self._dispatcher = dispatcher
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             tasks.start_soon(self._watch_writer)
             with self._stop_reading:
-                await self._read_loop(in_fd)
+                await self._read_loop(in_fd, buffer or LineBuffer(self.max_line_bytes), pending)
             self._client_went_away()
             self.writer.stop_backpressure()
             log.info("input_closed", inflight=self.state.inflight_count)
@@ -160,8 +168,9 @@ class Peer:
         await self.writer.broken.wait()
         self.stop_reading()
 
-    async def _read_loop(self, in_fd: int) -> None:
-        buffer = LineBuffer(self.max_line_bytes)
+    async def _read_loop(self, in_fd: int, buffer: LineBuffer, pending: Sequence[bytes | Oversized]) -> None:
+        for line in pending:
+            await self._handle_line(line)
         async for chunk in read_chunks(in_fd):
             for line in buffer.feed(chunk):
                 await self._handle_line(line)

@@ -26,18 +26,6 @@ _GONE = (errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.EIO)
 WRITE_BATCH = 1 << 18
 
 
-def protect_stdout() -> int:
-    """Keep the real stdout for protocol lines and point fd 1 at stderr.
-
-    After this, a stray ``print`` or a chatty library writes to stderr and can never
-    corrupt the protocol stream.
-    """
-    sys.stdout.flush()
-    proto_fd = os.dup(1)
-    os.dup2(2, 1)
-    return proto_fd
-
-
 def _is_pipe_or_socket(fd: int) -> bool:
     try:
         mode = os.fstat(fd).st_mode

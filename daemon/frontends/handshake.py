@@ -1,0 +1,154 @@
+"""``initialize``: its answer, and answering it before the event loop exists.
+
+An editor spawns the daemon and waits for the answer to ``initialize`` before it shows
+anything, so that answer is the start-up time a user feels. Everything it says (methods,
+event types, providers, limits) is known from the wire types and the config alone, while
+the rest of the daemon (anyio and asyncio, the store, the session service) costs about
+twice as much to import. So ``answer_first_request`` reads the first line synchronously,
+and when it is a single ``initialize`` request it answers it through the same
+``Dispatcher``, validation and error mapping as every other request, before those
+imports. Any other first line (a batch, a notification, another method, bad JSON, an
+oversized line, end of input) is handed over unread to the peer, which handles it exactly
+as it always did.
+
+This module must stay cheap to import: msgspec, the wire types and the config, nothing
+that imports anyio.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+from typing import Any, Callable
+
+import msgspec
+
+from warren.protocol import MAX_IMAGE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
+from warren.protocol import jsonrpc
+from warren.protocol import types as t
+from warren.protocol.events import EVENT_TYPES, event_type_name
+from warren.protocol.framing import LineBuffer, Oversized
+from warren.protocol.methods import METHODS
+
+from .. import __version__, errors
+from ..providers import ProviderRegistry
+from ..transport.dispatch import Dispatcher, RequestContext
+
+READ_SIZE = 65536
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Handshake(msgspec.Struct):
+    """What the first request left for the peer: the line buffer with any bytes read past
+    the first line (and the lines already split from them), whether ``initialize`` was
+    answered and with what client capabilities, and a stop signal that came meanwhile."""
+
+    buffer: LineBuffer
+    pending: list[bytes | Oversized]
+    answered: bool = False
+    tool_execute: bool = False
+    client: str | None = None
+    stop_signal: int | None = None
+
+
+class Initialize:
+    """The ``initialize`` handler, shared by the early answer and ``WarrenFrontend``."""
+
+    def __init__(self, providers: ProviderRegistry, *, max_line_bytes: int, coalesce_after_lines: int) -> None:
+        self.providers = providers
+        self.max_line_bytes = max_line_bytes
+        self.coalesce_after_lines = coalesce_after_lines
+        self.tool_execute = False  # the client's capabilities.tool_execute
+        self.client: str | None = None
+
+    async def __call__(self, p: t.InitializeParams, ctx: RequestContext) -> t.InitializeResult:
+        if p.protocol_version != PROTOCOL_VERSION:
+            raise errors.InvalidRequest.at(
+                "$.protocol_version", f"unsupported version {p.protocol_version}; this daemon speaks {PROTOCOL_VERSION}"
+            )
+        if p.capabilities is not None:
+            self.tool_execute = p.capabilities.tool_execute
+        if p.client_info is not None:
+            self.client = ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
+        return t.InitializeResult(
+            protocol_version=PROTOCOL_VERSION,
+            server_info=t.ServerInfo("warren", __version__),
+            capabilities=t.ServerCapabilities(
+                methods=list(METHODS),
+                events=[event_type_name(e) for e in EVENT_TYPES],
+                providers=self.providers.names(),
+            ),
+            limits=t.Limits(max_line_bytes=self.max_line_bytes, max_page_size=MAX_PAGE_SIZE,
+                            coalesce_after_lines=self.coalesce_after_lines, max_image_bytes=MAX_IMAGE_BYTES),
+        )
+
+
+class _Stopped(Exception):
+    """A stop signal arrived while the first line was awaited."""
+
+
+def answer_first_request(in_fd: int, out_fd: int, initialize: Initialize, max_line_bytes: int) -> Handshake:
+    """Read up to the first line; answer it here if it is a single ``initialize`` request.
+
+    A stop signal while waiting ends the wait (the daemon then stops as it would have):
+    until the event loop runs, nobody else would see it."""
+    buffer = LineBuffer(max_line_bytes)
+    caught: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+        raise _Stopped()
+
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    lines: list[bytes | Oversized] = []
+    try:
+        while not lines:
+            data = os.read(in_fd, READ_SIZE)
+            if not data:
+                break
+            lines = buffer.feed(data)
+    except (_Stopped, OSError):
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    handshake = Handshake(buffer, lines, stop_signal=caught[0] if caught else None)
+    if not lines or isinstance(lines[0], Oversized):
+        return handshake
+    message = jsonrpc.parse_line(lines[0])
+    if not isinstance(message, jsonrpc.Request) or message.method != "initialize":
+        return handshake
+    dispatcher = Dispatcher({"initialize": (t.InitializeParams, initialize)}, quiet=frozenset({"initialize"}))
+    line = _run_to_completion(dispatcher.call,
+                              message.id, message.method, message.params)
+    if line is None:
+        return handshake
+    _write_all(out_fd, line)
+    handshake.pending = lines[1:]
+    handshake.answered = True
+    handshake.tool_execute = initialize.tool_execute
+    handshake.client = initialize.client
+    return handshake
+
+
+def _run_to_completion(call: Callable[..., Any], *args: Any) -> bytes | None:
+    """Drive the dispatcher's coroutine without a loop. ``initialize`` never awaits, so it
+    finishes at the first step; were it ever to wait, the request is left to the peer."""
+    coroutine = call(*args)
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        outcome = done.value
+        request_id = args[0]
+        if outcome.error is not None:
+            return jsonrpc.encode_error(request_id, outcome.error)
+        return jsonrpc.encode_result(request_id, outcome.result)
+    coroutine.close()
+    return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -1,0 +1,163 @@
+"""The first request: ``initialize`` answered before the event loop and the store exist
+(daemon/frontends/handshake.py), and every other first line left to the peer as before."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.daemon_client import ROOT, hermetic_env
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocol_version": 1, "client_info": {"name": "t", "version": "1"}}}
+
+
+def start(tmp_path: Path, *args: str, python_flags: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, *python_flags, "-m", "warren.daemon", "serve", "--db", str(tmp_path / "w.db"), *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "stderr.log", "wb"),
+        cwd=ROOT, env=hermetic_env(),
+    )
+
+
+def line(obj: Any) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+def read_lines(proc: subprocess.Popen[bytes], n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """The first ``n`` lines of stdout, read unbuffered (``select`` cannot see a file
+    object's buffer)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while buf.count(b"\n") < n:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"fewer than {n} lines within {timeout}s: {buf[:2000]!r}"
+        chunk = os.read(fd, 65536)
+        assert chunk, f"stdout ended after {buf[:2000]!r}"
+        buf += chunk
+    return [json.loads(raw) for raw in buf.split(b"\n")[:n]]
+
+
+def by_id(messages: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    return {m["id"]: m for m in messages}
+
+
+def run(tmp_path: Path, payload: bytes, n: int, *args: str) -> list[dict[str, Any]]:
+    proc = start(tmp_path, *args)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(payload)
+        proc.stdin.flush()
+        return read_lines(proc, n)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_early_answer_equals_the_answer_of_the_running_daemon(tmp_path: Path) -> None:
+    """The same params give the same result whether ``initialize`` is the first line
+    (answered early) or comes after another request (answered by the front-end)."""
+    params = {"protocol_version": 1, "client_info": {"name": "t"}, "capabilities": {"tool_execute": True}}
+    early = run(tmp_path, line({**INIT, "params": params}), 1)[0]
+    later = by_id(run(tmp_path, line({"jsonrpc": "2.0", "id": 0, "method": "session/list", "params": {}})
+                      + line({**INIT, "params": params}), 2))
+    assert "result" in later[0]
+    assert early == later[1]
+    assert early["result"]["capabilities"]["methods"][0] == "initialize"
+    assert "session/create" in early["result"]["capabilities"]["methods"]
+
+
+def test_an_invalid_first_initialize_gets_the_same_error_as_a_later_one(tmp_path: Path) -> None:
+    bad = {**INIT, "params": {"protocol_version": 1, "client_infoo": {"name": "t"}}}
+    early = run(tmp_path, line(bad), 1)[0]
+    later = by_id(run(tmp_path, line({"jsonrpc": "2.0", "id": 0, "method": "session/list", "params": {}}) + line(bad), 2))[1]
+    assert early == later
+    assert early["error"]["data"]["code"] == "INVALID_PARAMS"
+    assert "client_info" in early["error"]["message"]  # the closest known name
+    version = run(tmp_path, line({**INIT, "params": {"protocol_version": 2}}), 1)[0]
+    assert version["error"]["data"]["code"] == "INVALID_PARAMS"
+    assert "$.protocol_version" in json.dumps(version["error"])
+
+
+def test_lines_sent_with_the_first_are_all_answered_in_order(tmp_path: Path) -> None:
+    """initialize, session/create and session/read in one write: nothing read past the
+    first line is lost, and the requests behind it are served by the running daemon."""
+    payload = (
+        line(INIT)
+        + line({"jsonrpc": "2.0", "id": 2, "method": "session/create",
+                "params": {"provider": "scripted", "prompt": "hi"}})
+        + line({"jsonrpc": "2.0", "method": "no/such/notification"})
+        + line({"jsonrpc": "2.0", "id": 3, "method": "providers/list", "params": {}})
+    )
+    messages = run(tmp_path, payload, 3 + 4)  # three responses, and the create's four events
+    responses = [m for m in messages if "id" in m]
+    assert [r["id"] for r in responses][0] == 1
+    assert {r["id"] for r in responses} == {1, 2, 3}
+    created = next(r for r in responses if r["id"] == 2)
+    assert created["result"]["text"] == "echo: hi"
+
+
+def test_other_first_lines_are_served_as_before(tmp_path: Path) -> None:
+    assert run(tmp_path, b"{not json\n", 1)[0]["error"]["code"] == -32700
+    batch = run(tmp_path, line([INIT, {"jsonrpc": "2.0", "id": 2, "method": "providers/list", "params": {}}]), 1)[0]
+    assert isinstance(batch, list) and {m["id"] for m in batch} == {1, 2}
+    listed = run(tmp_path, line({"jsonrpc": "2.0", "id": 7, "method": "session/list", "params": {}}), 1)[0]
+    assert listed["id"] == 7 and listed["result"]["sessions"] == []
+    oversized = run(tmp_path, b'{"x":"' + b"a" * 4000 + b'"}\n' + line(INIT), 2, "--max-line-bytes", "1024")
+    assert oversized[0]["error"]["data"]["code"] == "MESSAGE_TOO_LARGE"
+    assert oversized[1]["id"] == 1 and "result" in oversized[1]
+
+
+def test_initialize_is_answered_before_the_event_loop_is_imported(tmp_path: Path) -> None:
+    """What makes cold start short: with ``-X importtime`` the import lines go to stderr as
+    they happen, and the log line of the answered ``initialize`` comes before anyio's."""
+    proc = start(tmp_path, "--log-level", "debug", python_flags=("-X", "importtime"))
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(line(INIT))
+        proc.stdin.flush()
+        assert "result" in read_lines(proc, 1)[0]
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+    stderr = (tmp_path / "stderr.log").read_text().splitlines()
+    answered = next(i for i, s in enumerate(stderr) if '"method":"initialize"' in s)
+    anyio = next(i for i, s in enumerate(stderr) if s.startswith("import time:") and s.rstrip().endswith("| anyio"))
+    store = next(i for i, s in enumerate(stderr) if s.rstrip().endswith("warren.daemon.store"))
+    assert answered < anyio and answered < store
+
+
+def test_a_stop_signal_before_the_first_line_stops_the_daemon_cleanly(tmp_path: Path) -> None:
+    proc = start(tmp_path)
+    try:
+        time.sleep(0.3)  # let it reach the wait for the first line (a signal earlier kills it just the same)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+    log = (tmp_path / "stderr.log").read_text()
+    assert '"signal":"SIGTERM"' in log and '"event":"stopped"' in log
+
+
+def test_a_client_that_closes_without_a_line_ends_the_daemon(tmp_path: Path) -> None:
+    proc = start(tmp_path)
+    assert proc.stdin is not None
+    proc.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"initia')  # no newline, then end of input
+    proc.stdin.close()
+    try:
+        assert proc.wait(timeout=20) == 0
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.read())["error"]["code"] == -32700  # the partial line, as before
+    finally:
+        proc.kill()
+    assert os.path.exists(tmp_path / "w.db")
