@@ -125,10 +125,16 @@ def encode_error(id_: Id, error: ErrorObject) -> bytes:
 
 
 def encode_notification(method: str, params: Any) -> bytes:
+    """``params`` may be ``ABSENT``: the line then has no ``params`` member."""
+    if params is ABSENT:
+        return _encoder.encode({"jsonrpc": "2.0", "method": method}) + b"\n"
     return _encoder.encode({"jsonrpc": "2.0", "method": method, "params": params}) + b"\n"
 
 
 def encode_request(id_: Id, method: str, params: Any) -> bytes:
+    """``params`` may be ``ABSENT``: the line then has no ``params`` member."""
+    if params is ABSENT:
+        return _encoder.encode({"jsonrpc": "2.0", "id": id_, "method": method}) + b"\n"
     return _encoder.encode({"jsonrpc": "2.0", "id": id_, "method": method, "params": params}) + b"\n"
 
 

@@ -27,7 +27,7 @@ def is_request_id(value: Any) -> bool:
 class PeerState(Generic[Token, Waiter]):
     def __init__(self, outbound_prefix: str = "warren-") -> None:
         self._inflight: dict[Any, Token] = {}
-        self._outbound: dict[str, Waiter] = {}
+        self._outbound: dict[str | int, Waiter] = {}
         self._prefix = outbound_prefix
         self._next_outbound = 0
 
@@ -66,17 +66,30 @@ class PeerState(Generic[Token, Waiter]):
     # ------------------------------------------------------------------ requests we send
 
     def open_outbound(self, waiter: Waiter) -> str:
-        self._next_outbound += 1
-        request_id = f"{self._prefix}{self._next_outbound}"
+        while True:  # skip an id a caller chose itself (``open_outbound_as``)
+            self._next_outbound += 1
+            request_id = f"{self._prefix}{self._next_outbound}"
+            if request_id not in self._outbound:
+                break
         self._outbound[request_id] = waiter
         return request_id
 
-    def close_outbound(self, request_id: str) -> None:
+    def open_outbound_as(self, request_id: str | int, waiter: Waiter) -> bool:
+        """Wait for the answer to a request whose id the caller chose (a test harness that
+        names its requests); False, and nothing registered, while that id is still awaited."""
+        if not is_request_id(request_id):
+            raise ValueError(f"a request id is a string or an integer, not {request_id!r}")
+        if request_id in self._outbound:
+            return False
+        self._outbound[request_id] = waiter
+        return True
+
+    def close_outbound(self, request_id: str | int) -> None:
         self._outbound.pop(request_id, None)
 
     def waiter_for(self, response_id: Any) -> Waiter | None:
         """The waiter of a response line, or None for an id we never sent (or gave up on)."""
-        return self._outbound.get(response_id) if isinstance(response_id, str) else None
+        return self._outbound.get(response_id) if is_request_id(response_id) else None
 
     def waiters(self) -> list[Waiter]:
         return list(self._outbound.values())

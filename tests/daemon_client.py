@@ -1,12 +1,20 @@
-"""A test client that runs the real daemon as a subprocess and talks to it over pipes.
+"""The test suite's client: the real daemon as a subprocess, driven through ``warren.client``.
+
+``Daemon`` is a synchronous facade for tests. It starts the daemon with ``subprocess.Popen``
+on pipes it owns and attaches a ``warren.client.Connection`` to them, run on a background
+event loop (an anyio blocking portal). The library does the message plumbing: framing, ids,
+matching each response to its request, notifications, answering ``tool/execute``. What the
+harness keeps is what only tests need: a record of every line the daemon writes (``lines``,
+taken from the connection's line tap), notifications and daemon requests in arrival order,
+responses to lines it wrote raw (malformed input, batches, chosen ids), pausing reads so the
+daemon's pipe fills, and vanishing like a dead client.
 
 Every wait has a timeout, so a daemon bug fails a test instead of hanging the suite.
-Notifications are collected in arrival order, and every line the daemon writes is kept
-(``lines``) so tests can assert on stdout as a whole.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -16,7 +24,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import anyio
+from anyio.from_thread import start_blocking_portal
+
+from warren.client.connection import Connection, PendingRequest
+from warren.client.errors import TransportError
+from warren.client.streams import FdReceiveStream, FdSendStream
+from warren.protocol import jsonrpc
+from warren.protocol.framing import Oversized
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 20.0
@@ -42,6 +59,20 @@ class DaemonError(AssertionError):
     pass
 
 
+def _envelope(response: jsonrpc.Response) -> dict[str, Any]:
+    """A response as the dict a test asserts on (exactly one of ``result`` / ``error``)."""
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": response.id}
+    if response.error is not None:
+        msg["error"] = response.error
+    else:
+        msg["result"] = response.result
+    return msg
+
+
+def _params_or_absent(params: Any) -> Any:
+    return jsonrpc.ABSENT if params is None else params
+
+
 class Daemon:
     def __init__(
         self,
@@ -63,15 +94,21 @@ class Daemon:
         kwargs: dict[str, Any] = {}
         if user is not None:
             kwargs["user"] = user
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr_file,
-            cwd=ROOT,
-            env=full_env,
-            **kwargs,
-        )
+        # Pipes of our own rather than Popen's file objects: the connection owns (and closes)
+        # its two ends, and nothing else holds them, so closing the daemon's stdin is one close.
+        child_in, our_in = os.pipe()
+        our_out, child_out = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                cmd, stdin=child_in, stdout=child_out, stderr=self._stderr_file, cwd=ROOT, env=full_env, **kwargs
+            )
+        except BaseException:
+            os.close(our_in)
+            os.close(our_out)
+            raise
+        finally:
+            os.close(child_in)
+            os.close(child_out)
         self.lines: list[bytes] = []
         self.notifications: list[dict[str, Any]] = []
         self.notification_times: list[float] = []  # time.monotonic() of each notification's arrival
@@ -80,81 +117,120 @@ class Daemon:
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._eof = False
-        self._may_read = threading.Event()  # cleared by pause_reading(): the reader thread blocks
-        self._may_read.set()
-        self._parked = threading.Event()  # set while the reader thread is blocked by a pause
         self._vanished = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._stopped = False
+        self._left: list[Any] = []  # ids of tool/execute requests no handler took
+        self._replied: set[Any] = set()
+        self._portal_cm = start_blocking_portal("asyncio")
+        self._portal = self._portal_cm.__enter__()
+        try:
+            self.conn: Connection = self._portal.call(self._connect, our_out, our_in)
+            self._conn_cm = self._portal.wrap_async_context_manager(self.conn)
+            self._conn_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+
+    async def _connect(self, out_fd: int, in_fd: int) -> Connection:
+        conn = Connection(
+            FdReceiveStream(out_fd), FdSendStream(in_fd), unhandled_requests="leave", on_line=self._tap, id_prefix="harness-"
+        )
+        conn.on_unmatched_response = self._unmatched
+        conn.close_callbacks.append(self._closed)
+        return conn
+
+    # ------------------------------------------------------------------ what the connection reports (event loop thread)
+
+    def _tap(self, line: bytes, message: Any) -> None:
+        """Every line the daemon writes, before the connection routes it."""
+        if isinstance(message, Oversized):
+            return
+        with self._cond:
+            self.lines.append(line + b"\n")
+            if isinstance(message, jsonrpc.Batch):
+                items = json.loads(line)
+                for item in items:
+                    self._responses.setdefault(("batch", item.get("id")), item)
+                self._responses.setdefault("batch", []).append(items)
+            elif isinstance(message, jsonrpc.Notification):
+                self.notifications.append({"jsonrpc": "2.0", "method": message.method, "params": message.params})
+                self.notification_times.append(time.monotonic())
+            elif isinstance(message, jsonrpc.Request):
+                self.client_requests.append({"jsonrpc": "2.0", "id": message.id, "method": message.method, "params": message.params})
+                if message.method not in self.conn.handlers:
+                    self._left.append(message.id)
+            elif isinstance(message, jsonrpc.Invalid):
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    msg = {"__unparsable__": line.decode("utf-8", "replace")}
+                self._responses[msg.get("id") if isinstance(msg, dict) else None] = msg
+            self._cond.notify_all()
+
+    def _unmatched(self, response: jsonrpc.Response) -> None:
+        with self._cond:
+            self._responses[response.id] = _envelope(response)
+            self._cond.notify_all()
+
+    def _answered(self, pending: PendingRequest) -> None:
+        try:
+            response = pending.response_nowait()
+        except TransportError:
+            return  # the daemon went away: wait_for reports it
+        with self._cond:
+            self._responses[response.id] = _envelope(response)
+            self._cond.notify_all()
+
+    def _closed(self, failure: TransportError) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    @property
+    def _reader(self) -> "_ReaderDone":
+        """What tests join to wait until everything the daemon wrote has been read."""
+        return _ReaderDone(self)
 
     # ------------------------------------------------------------------ plumbing
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while True:
-            if not self._may_read.is_set():
-                self._parked.set()
-                self._may_read.wait()
-                self._parked.clear()
-            if self._vanished:
-                break
-            raw = self.proc.stdout.readline()
-            if not raw:
-                break
-            with self._cond:
-                self.lines.append(raw)
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    msg = {"__unparsable__": raw.decode("utf-8", "replace")}
-                if isinstance(msg, list):
-                    for item in msg:
-                        self._responses.setdefault(("batch", item.get("id")), item)
-                    self._responses.setdefault("batch", []).append(msg)
-                elif "method" in msg and "id" not in msg:
-                    self.notifications.append(msg)
-                    self.notification_times.append(time.monotonic())
-                elif "method" in msg:
-                    self.client_requests.append(msg)
-                else:
-                    self._responses[msg.get("id")] = msg
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
+    def _run(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func(*args)`` on the connection's event loop; a write to a daemon that is
+        gone raises BrokenPipeError, as a write to its stdin would."""
+        try:
+            return self._portal.call(func, *args)
+        except TransportError as exc:
+            raise BrokenPipeError(str(exc)) from exc
 
     def pause_reading(self) -> None:
-        """Stop reading stdout (after at most the line being read): the daemon's pipe fills up
+        """Stop reading stdout (after routing the chunk in hand): the daemon's pipe fills up
         and it sees a slow client. Waits on nothing; see ``wait_parked``."""
-        self._may_read.clear()
+        self._portal.call(self.conn.pause_reading)
 
     def resume_reading(self) -> None:
-        self._may_read.set()
+        if not self._stopped:
+            self._portal.call(self.conn.resume_reading)
 
     def wait_parked(self, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Wait until a paused reader thread really stopped (it finishes the line it was reading)."""
-        if not self._parked.wait(timeout):
-            raise DaemonError(f"reader thread still reading {timeout}s after pause_reading()")
+        """Wait until a paused reader really stopped."""
+
+        async def parked() -> bool:
+            with anyio.move_on_after(timeout):
+                await self.conn.wait_parked()
+                return True
+            return False
+
+        if not self._portal.call(parked):
+            raise DaemonError(f"reader still reading {timeout}s after pause_reading()")
 
     def vanish(self) -> None:
         """Act as a client that died: close both pipes without reading what is pending.
-        Only while reading is paused, so no thread is inside a read of stdout."""
-        assert not self._may_read.is_set(), "pause_reading() first"
+        Only while reading is paused."""
         self.wait_parked()
         self._vanished = True
-        self.close_stdin()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self._may_read.set()
-        self._reader.join(5)
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
+        self._portal.call(self.conn.abort)
 
     def send_raw(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
+        self._run(self.conn.send_raw, data)
 
     def send(self, obj: Any) -> None:
         self.send_raw(json.dumps(obj).encode() + b"\n")
@@ -185,16 +261,21 @@ class Daemon:
     # ------------------------------------------------------------------ calls
 
     def request(self, method: str, params: Any = None, *, id_: Any = None) -> Any:
-        """Send a request without waiting; returns its id."""
+        """Send a request without waiting; returns its id (``response`` waits for it)."""
         id_ = self.next_id() if id_ is None else id_
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
-        if params is not None:
-            msg["params"] = params
-        self.send(msg)
+        with self._cond:
+            self._responses.pop(id_, None)  # an earlier answer to a reused id is not this one's
+        send = functools.partial(self.conn.send_request, request_id=id_)
+
+        async def send_and_keep() -> None:
+            pending = await send(method, _params_or_absent(params))
+            pending.add_done_callback(self._answered)
+
+        self._run(send_and_keep)
         return id_
 
     def call(self, method: str, params: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
-        """Request and return ``result``; raise DaemonError carrying ``error`` otherwise."""
+        """Request and return ``result``; raise RpcError carrying ``error`` otherwise."""
         reply = self.response(self.request(method, params), timeout)
         if "error" in reply:
             raise RpcError(reply["error"])
@@ -208,10 +289,7 @@ class Daemon:
         return reply["error"]
 
     def notify(self, method: str, params: Any = None) -> None:
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-        if params is not None:
-            msg["params"] = params
-        self.send(msg)
+        self._run(self.conn.notify, method, _params_or_absent(params))
 
     def events(self, session_id: str | None = None, turn_id: str | None = None) -> list[dict[str, Any]]:
         with self._cond:
@@ -254,35 +332,31 @@ class Daemon:
         return self.wait_for(lambda: len(self.tool_requests()) >= n and self.tool_requests(), timeout, f"{n} tool/execute")
 
     def reply(self, id_: Any, result: Any = None, error: Any = None) -> None:
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id_}
-        if error is not None:
-            msg["error"] = error
-        else:
-            msg["result"] = result
-        self.send(msg)
+        """Answer a ``tool/execute`` (or any id) by hand."""
+        with self._cond:
+            self._replied.add(id_)
+        self._run(self.conn.respond, id_, result, error)
 
-    def auto_answer(self, answer: Any) -> threading.Thread:
-        """Answer every tool/execute with ``answer(request_params) -> result`` until exit."""
+    def auto_answer(self, answer: Callable[[Any], Any]) -> None:
+        """Answer every tool/execute with ``answer(request_params) -> result`` from now on,
+        and those already waiting: the library's handler does it, in the daemon's order."""
 
-        def loop() -> None:
-            seen = 0
-            while True:
-                try:
-                    reqs = self.wait_for(
-                        lambda seen=seen: len(self.tool_requests()) > seen and self.tool_requests(), 60, "tool call"
-                    )
-                except DaemonError:
-                    return
-                for req in reqs[seen:]:
-                    try:
-                        self.reply(req["id"], answer(req["params"]))
-                    except (BrokenPipeError, ValueError, OSError):
-                        return
-                seen = len(reqs)
+        async def handle(params: Any) -> Any:
+            return answer(params)
 
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        return thread
+        async def install() -> None:
+            self.conn.handlers["tool/execute"] = handle
+            with self._cond:
+                waiting = [i for i in self._left if i not in self._replied]
+                self._replied.update(waiting)
+                params = {r["id"]: r["params"] for r in self.client_requests if r["id"] in waiting}
+            for id_ in waiting:
+                await self.conn.respond(id_, answer(params[id_]))
+
+        try:
+            self._run(install)
+        except BrokenPipeError:
+            pass
 
     def cancels_sent(self) -> list[Any]:
         with self._cond:
@@ -291,11 +365,7 @@ class Daemon:
     # ------------------------------------------------------------------ ending
 
     def close_stdin(self) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        self._portal.call(self.conn.close_input)
 
     def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
         try:
@@ -319,6 +389,8 @@ class Daemon:
         return out
 
     def stop(self) -> None:
+        if self._stopped:
+            return
         self.resume_reading()  # a paused reader would keep the daemon from flushing and exiting
         if self.proc.poll() is None:
             self.close_stdin()
@@ -329,15 +401,39 @@ class Daemon:
                 self.proc.wait(10)
         if self._stderr_file is not subprocess.DEVNULL:
             self._stderr_file.close()
-        if self.proc.stdout is not None and not self._vanished:
-            self._reader.join(5)
-            self.proc.stdout.close()
+        self._stopped = True
+        if not self._vanished:
+            # Read what the daemon wrote before it exited, so lines and events are complete.
+            async def drained() -> None:
+                with anyio.move_on_after(5):
+                    await self.conn.wait_closed()
+
+            self._portal.call(drained)
+        try:
+            self._conn_cm.__exit__(None, None, None)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
 
     def __enter__(self) -> "Daemon":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class _ReaderDone:
+    """``join`` waits until the daemon's output has ended and every line was recorded."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def join(self, timeout: float | None = None) -> None:
+        d = self._daemon
+        with d._cond:
+            d._cond.wait_for(lambda: d._eof, timeout)
+
+    def is_alive(self) -> bool:
+        return not self._daemon._eof
 
 
 class RpcError(DaemonError):
