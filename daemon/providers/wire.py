@@ -37,7 +37,6 @@ import base64
 import os
 import select
 import ssl
-import urllib.request
 import zlib
 from contextlib import aclosing, asynccontextmanager
 from typing import AsyncIterator, Mapping, NamedTuple
@@ -163,15 +162,37 @@ def _parse_url(url: str) -> _Target:
     return _Target(_Origin(scheme, host, port), path, authority, auth)
 
 
+def _env(name: str) -> str:
+    """A proxy variable, the lower-case spelling first (as curl and urllib read them)."""
+    return os.environ.get(name) or os.environ.get(name.upper()) or ""
+
+
 def proxy_for(url: str) -> str | None:
-    """The proxy URL the environment names for ``url`` (``NO_PROXY`` honoured), if any."""
-    proxies = urllib.request.getproxies_environment()
-    if not proxies:
-        return None
+    """The proxy URL the environment names for ``url``: ``<scheme>_proxy`` or ``all_proxy``,
+    unless ``no_proxy`` lists its host (``*``, a name, a ``.domain`` suffix, or ``host:port``)."""
     parts = urlsplit(url)
-    if urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+    scheme = parts.scheme.lower()
+    proxy = _env(f"{scheme}_proxy") or _env("all_proxy")
+    if not proxy:
         return None
-    return proxies.get(parts.scheme.lower()) or proxies.get("all")
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    for entry in _env("no_proxy").replace(" ", ",").split(","):
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return None
+        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and (not entry_port.isdigit() or int(entry_port) != port):
+            continue
+        name = name.lstrip(".").strip("[]")
+        if host == name or host.endswith("." + name):
+            return None
+    return proxy
 
 
 def default_ssl_context() -> ssl.SSLContext:
@@ -354,7 +375,7 @@ class Response:
             pos = 0
             end = len(buf)
             while True:
-                if left:
+                if left > 0:
                     take = min(left, end - pos)
                     if take:
                         out.append(buf[pos:pos + take])
@@ -719,6 +740,8 @@ class SSEDecoder:
 
     def feed(self, piece: bytes) -> list[ServerSentEvent]:
         """The events ``piece`` completes (the rest is kept for the next call)."""
+        if not piece:
+            return []
         if self._cr:
             self._cr = False
             if piece.startswith(b"\n"):
