@@ -77,7 +77,9 @@ class PendingRequest:
     def response_nowait(self) -> jsonrpc.Response:
         """The response of a request that is done; raises ``TransportError`` if it failed."""
         if self._response is None:
-            raise self._failure or TransportError("no answer yet")
+            # A fresh exception per raise: one instance raised in many tasks would pile up
+            # their tracebacks.
+            raise TransportError(*self._failure.args) if self._failure else TransportError("no answer yet")
         return self._response
 
     def _settle(self) -> None:
@@ -366,7 +368,7 @@ class Connection:
         """Send a request and return at once, once its line is written. ``request_id`` picks
         the id (default: a fresh ``client-N``); an id still awaited is refused (ValueError)."""
         if self.failure is not None:
-            raise self.failure
+            raise TransportError(*self.failure.args)
         pending = PendingRequest(self, method)
         if request_id is None:
             pending.id = self.state.open_outbound(pending)

@@ -111,7 +111,7 @@ class EventStream:
         if isinstance(item, _End):
             self.close()
             if item.failure is not None:
-                raise item.failure
+                raise TransportError(*item.failure.args)
             raise StopAsyncIteration
         return item
 
