@@ -432,3 +432,37 @@ def test_sse_decoder_agrees_with_httpx_sse(events: list[Any], eol: str, data: st
     ours = wire.SSEDecoder()
     got = [(e.event, e.data) for piece in pieces for e in ours.feed(piece)]
     assert got == expected
+
+
+# ---------------------------------------------------------------- the provider seam
+
+
+def test_provider_warm_does_the_one_off_work_without_a_loop_or_network() -> None:
+    """``HTTPProvider.warm`` (run by the daemon in a worker thread) builds the client, and the
+    TLS context only for an https base URL; the next call uses what it built."""
+    from warren.daemon.config import ProviderConfig
+    from warren.daemon.providers.openai import OpenAIProvider
+
+    local = OpenAIProvider(ProviderConfig(name="local", type="openai", base_url="http://127.0.0.1:9/v1"))
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            local.warm()
+            result.append(None)
+        except BaseException as exc:  # pragma: no cover - reported below
+            result.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert result == [None]
+    assert local._client is not None and local._client._ssl_context is None
+    remote = OpenAIProvider(ProviderConfig(name="openai", type="openai", base_url="https://api.openai.com/v1",
+                                           api_key="sk-x"))
+    remote.warm()
+    client = remote._client
+    assert client is not None and isinstance(client._ssl_context, ssl.SSLContext)
+    remote.warm()
+    assert remote._client is client and client._ssl_context is not None
+    assert remote._http_client() is client
