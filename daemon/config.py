@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 from urllib.parse import urlsplit
@@ -75,13 +74,13 @@ class AmbiguousProvider(ConfigError):
 # ---------------------------------------------------------------- the resolved shapes
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderConfig:
+class ProviderConfig(Struct, frozen=True):
     """One provider, with every default applied and its key resolved.
 
     ``base_url`` is always set (the official endpoint when the file gives none). Only
     ``connect``/``read`` timeouts reach the HTTP client; ``turn_timeout_s`` is for the turn
-    loop's overall deadline.
+    loop's overall deadline. A msgspec Struct, not a dataclass: this module is imported
+    before the daemon answers ``initialize``, and ``dataclasses`` pulls in ``inspect``.
     """
 
     name: str
@@ -89,14 +88,18 @@ class ProviderConfig:
     base_url: str
     api_key_env: str | None = None
     default_model: str | None = None
-    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # not in repr: may carry a token
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 300.0
     turn_timeout_s: float = 1800.0
     max_retries: int = 3
-    api_key: str | None = field(default=None, repr=False)
+    api_key: str | None = None  # not in repr
     context_window: int | None = None  # tokens; else known models' windows (``providers``)
-    context_windows: dict[str, int] = field(default_factory=dict)  # per model, before ``context_window``
+    context_windows: dict[str, int] = msgspec.field(default_factory=dict)  # per model, before ``context_window``
+
+    def __repr__(self) -> str:
+        shown = (f"{name}={getattr(self, name)!r}" for name in self.__struct_fields__ if name not in _SECRET_FIELDS)
+        return f"ProviderConfig({', '.join(shown)})"
 
     def has_credential(self) -> bool:
         return bool(self.api_key)
@@ -114,8 +117,10 @@ class ProviderConfig:
         return self.type == "openai" and not self.is_official_endpoint()
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+_SECRET_FIELDS = frozenset({"headers", "api_key"})
+
+
+class Config(Struct, frozen=True):
     default_provider: str | None
     default_model: str | None
     providers: dict[str, ProviderConfig]
