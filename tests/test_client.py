@@ -273,3 +273,14 @@ async def test_the_daemon_dying_mid_request_raises_the_transport_error() -> None
             with pytest.raises(TransportError):
                 await c.session_list()
         assert c.process.returncode is not None and c.process.returncode < 0
+
+
+def test_the_readme_example_works_when_pasted() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Client library"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python\n") + 1)]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60, env=env())
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0] == "echo: hello warren"
+    assert lines[1] == "{'code': 'SESSION_NOT_FOUND', 'retryable': False, 'session_id': 'no-such-session'}"
