@@ -18,7 +18,9 @@ from tests.fakes.llm_server import FakeLLMServer, anthropic_stream, openai_strea
 from tests.test_providers_daemon import claude_section, openai_section, write_config
 
 Spawn = Callable[..., Daemon]
-SLOW = {"text": "s" * 30, "chunk_chars": 1, "delay_ms": 20}
+# Streams for two seconds: long enough that what a test sends once it has started (a steer, a
+# second turn/start, an interrupt at the boundary) lands while it runs, even on a loaded machine.
+SLOW = {"text": "s" * 100, "chunk_chars": 1, "delay_ms": 20}
 TOOLS = [{"name": "t", "input_schema": {"type": "object"}}]
 
 
@@ -46,7 +48,7 @@ def test_queued_turns_run_in_order_each_with_its_own_result(daemon: Daemon) -> N
     second = daemon.request("turn/start", {"session_id": sid, "prompt": "two", "when_busy": "queue"})
     third = daemon.request("turn/start", {"session_id": sid, "prompt": "three", "when_busy": "queue"})
     results = [daemon.response(i)["result"] for i in (first, second, third)]
-    assert [r["text"] for r in results] == ["s" * 30, "second", "third"]
+    assert [r["text"] for r in results] == [SLOW["text"], "second", "third"]
     assert len({r["turn_id"] for r in results}) == 3
     assert roles(daemon, sid) == ["user", "assistant"] * 3
     ends = [e for e in daemon.events(sid) if e["event"]["type"] == "turn_completed"]
@@ -60,11 +62,13 @@ def test_without_queue_a_busy_session_is_refused(daemon: Daemon) -> None:
     assert daemon.error("turn/start", {"session_id": sid, "prompt": "two"})["data"]["code"] == "SESSION_BUSY"
     bad = daemon.error("turn/start", {"session_id": sid, "prompt": "two", "when_busy": "later"})
     assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.when_busy"
+    daemon.call("turn/interrupt", {"session_id": sid})
 
 
 def test_a_turn_queued_on_another_daemon_runs_after_the_running_one(spawn: Spawn) -> None:
     a, b = spawn(), spawn()
     sid = deferred(a, SLOW, {"text": "after"})
+    b.call("session/read", {"session_id": sid})  # b is up: its turn/start is queued behind the running one
     first = a.request("turn/start", {"session_id": sid, "prompt": "one"})
     running_turn(a, sid)
     queued = b.call("turn/start", {"session_id": sid, "prompt": "two", "when_busy": "queue"}, timeout=20)
@@ -148,7 +152,7 @@ def test_interrupt_at_a_boundary_lets_a_final_answer_end_the_turn(daemon: Daemon
     running_turn(daemon, sid)
     daemon.call("turn/interrupt", {"session_id": sid, "when": "boundary"})
     result = daemon.response(request)["result"]
-    assert result["stop_reason"] == "end_turn" and result["text"] == "s" * 30
+    assert result["stop_reason"] == "end_turn" and result["text"] == SLOW["text"]
     bad = daemon.error("turn/interrupt", {"session_id": sid, "when": "soon"})
     assert bad["code"] == -32602 and bad["data"]["errors"][0]["path"] == "$.when"
 

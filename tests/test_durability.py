@@ -51,6 +51,7 @@ def test_dead_turn_found_by_a_live_second_daemon(spawn) -> None:
     a = spawn()
     b = spawn()
     sid = deferred(a, provider_params=SLOW)
+    b.call("session/read", {"session_id": sid})  # b is up before the turn starts, so it answers while it runs
     a.request("turn/start", {"session_id": sid, "prompt": "q"})
     a.wait_event("text_delta", sid)
     err = b.error("turn/start", {"session_id": sid, "prompt": "mine"})
@@ -276,6 +277,7 @@ def test_corrupt_database_gives_store_error(spawn, tmp_path: Path) -> None:
 def test_list_is_active_false_for_a_dead_owner(spawn) -> None:
     a, b = spawn(), spawn()
     sid = deferred(a, provider_params=SLOW)
+    b.call("session/read", {"session_id": sid})  # b is up before the turn starts, so it answers while it runs
     a.request("turn/start", {"session_id": sid, "prompt": "q"})
     a.wait_event("text_delta", sid)
     assert b.call("session/list", {})["sessions"][0]["is_active"] is True

@@ -404,6 +404,7 @@ def test_subscribe_mid_turn_from_zero_has_no_hole_and_no_duplicate(spawn: Spawn)
     a, b = spawn(), spawn()
     sid = deferred(a, {"text": "done", "chunk_chars": 1}, SLOW)
     run(a, sid)
+    b.call("session/read", {"session_id": sid})  # b is up: its subscribe lands mid-turn, not after it
     running = a.request("turn/start", {"session_id": sid, "prompt": "long"})
     a.wait_for(lambda: types(a.events(sid)).count("text_delta") >= 14, what="mid-turn deltas")
     _, sub_id = subscribe(b, sid, after_seq=0)
@@ -614,6 +615,7 @@ def test_retrying_a_running_turn_on_the_same_connection_sends_no_event_twice(dae
 def test_retrying_a_turn_running_in_another_daemon_follows_it_to_its_result(spawn: Spawn) -> None:
     a, b = spawn(), spawn()
     sid = deferred(a, SLOW)
+    b.call("session/read", {"session_id": sid})  # b is up before the turn starts: it must find it running
     params = {"session_id": sid, "prompt": "go", "idempotency_key": "in-flight"}
     on_a = a.request("turn/start", params)
     a.wait_for(lambda: types(a.events(sid)).count("text_delta") >= 5, what="the turn to be under way")

@@ -620,7 +620,7 @@ def test_retries_exhausted(spawn: Spawn, server: FakeLLMServer, tmp_path: Path) 
 
 def test_interrupt_mid_stream_is_prompt_and_closes_connection(spawn: Spawn, server: FakeLLMServer, tmp_path: Path) -> None:
     path = write_config(tmp_path, claude_section(server))
-    slow = "".join(f"word{i:02d} " for i in range(60))  # 60 deltas, 0.1 s apart: 6 s in all
+    slow = "".join(f"word{i:03d} " for i in range(300))  # 300 deltas, 0.1 s apart: 30 s in all
     server.enqueue(anthropic_stream(text_block(slow, chunk=7), delay_s=0.1))
     d = spawn("--config", str(path), env={"WARREN_TEST_CLAUDE_KEY": "sk-ant-test-intr-00000000"})
     create_id = d.request("session/create", {"prompt": "talk slowly"})
@@ -634,7 +634,7 @@ def test_interrupt_mid_stream_is_prompt_and_closes_connection(spawn: Spawn, serv
     result = d.response(create_id)["result"]
     latency = time.monotonic() - t0
     print(f"\ninterrupt latency (turn/interrupt sent -> interrupted RunResult received): {latency * 1000:.1f} ms")
-    assert latency < 1.0
+    assert latency < 5.0  # milliseconds normally; the bound leaves room for a loaded machine, not for the 30 s stream
     assert interrupted == {"session_id": sid, "turn_id": result["turn_id"], "interrupted": True}
     assert result["stop_reason"] == "interrupted"
 
@@ -647,9 +647,9 @@ def test_interrupt_mid_stream_is_prompt_and_closes_connection(spawn: Spawn, serv
     assert (last["type"], last["stop_reason"]) == ("turn_completed", "interrupted")
 
     ex = server.exchanges[0]
-    assert ex.done.wait(2.0), "the fake server never saw the request end"
+    assert ex.done.wait(10.0), "the fake server never saw the request end"
     assert ex.outcome == "client_closed"
-    assert ex.client_closed_at is not None and ex.client_closed_at - wall0 < 1.0
+    assert ex.client_closed_at is not None and ex.client_closed_at - wall0 < 5.0
     print(f"server saw the connection closed {(ex.client_closed_at - wall0) * 1000:.1f} ms after the interrupt")
 
     # The session works afterwards, and the partial answer is part of what is sent next.
@@ -690,7 +690,9 @@ def test_interrupt_commits_exactly_the_streamed_text(spawn: Spawn, server: FakeL
 
 def test_read_timeout_is_retried_then_fails_as_timeout(spawn: Spawn, server: FakeLLMServer, tmp_path: Path) -> None:
     path = write_config(tmp_path, claude_section(server, extra="max_retries = 1", timeouts="read_s = 0.3"))
-    stalled = anthropic_events(text_block("partial"))[:4] + [Stall(10.0)]  # one delta, then silence
+    # one delta, then a minute of silence (cut short when the client hangs up): only a read
+    # timeout ends it within the bound below, however loaded the machine is
+    stalled = anthropic_events(text_block("partial"))[:4] + [Stall(60.0)]
     server.enqueue(SSEResponse(stalled), SSEResponse(stalled))
     d = spawn("--config", str(path), env={"WARREN_TEST_CLAUDE_KEY": "sk-ant-test-read-00000000"})
     d.call("initialize", {"protocol_version": 1})  # start the clock once the daemon is up
@@ -700,18 +702,18 @@ def test_read_timeout_is_retried_then_fails_as_timeout(spawn: Spawn, server: Fak
     assert err["code"] == PROVIDER_ERROR
     assert err["data"]["kind"] == "timeout" and err["data"]["retryable"] is True
     assert "read timeout" in err["message"]
-    assert 0.6 <= elapsed < 3.0  # two 0.3 s read timeouts plus one backoff, not the 10 s stall
+    assert 0.6 <= elapsed < 15.0  # two 0.3 s read timeouts plus one backoff, not the 60 s stall
     sid = d.call("session/list", {})["sessions"][0]["session_id"]
     (retrying,) = events_of(d, sid, "retrying")
     assert retrying["reason"] == "timeout" and retrying["discard_chars"] == len("partial")
     assert len(server.exchanges) == 2
     for ex in server.exchanges:
-        assert ex.done.wait(2.0) and ex.outcome == "client_closed"
+        assert ex.done.wait(10.0) and ex.outcome == "client_closed"
 
 
 def test_whole_turn_timeout(spawn: Spawn, server: FakeLLMServer, tmp_path: Path) -> None:
     path = write_config(tmp_path, openai_section(server, extra='default_model = "m"', timeouts="turn_s = 0.5"))
-    server.enqueue(openai_stream("x" * 200, chunk=5, delay_s=0.1))  # 4 s of steady output
+    server.enqueue(openai_stream("x" * 3000, chunk=5, delay_s=0.1))  # 60 s of steady output
     d = spawn("--config", str(path))
     d.call("initialize", {"protocol_version": 1})
     t0 = time.monotonic()
@@ -721,12 +723,12 @@ def test_whole_turn_timeout(spawn: Spawn, server: FakeLLMServer, tmp_path: Path)
     assert err["data"]["kind"] == "turn_timeout"
     assert err["data"]["provider"] == "ollama"
     assert "0.5 s" in err["message"]
-    assert 0.5 <= elapsed < 2.0
+    assert 0.5 <= elapsed < 15.0  # the 0.5 s turn limit, not the 60 s stream (slack for a loaded machine)
     sid = d.call("session/list", {})["sessions"][0]["session_id"]
     evs = events_of(d, sid)
     assert any(e["type"] == "text_delta" for e in evs)  # it was streaming, not stalled
     assert evs[-1]["type"] == "turn_failed" and evs[-1]["error"]["data"]["kind"] == "turn_timeout"
-    assert server.exchanges[0].done.wait(2.0) and server.exchanges[0].outcome == "client_closed"
+    assert server.exchanges[0].done.wait(10.0) and server.exchanges[0].outcome == "client_closed"
     assert d.call("session/read", {"session_id": sid})["state"]["is_active"] is False
 
 

@@ -236,7 +236,8 @@ def test_append_system_context_idempotency(daemon: Daemon) -> None:
 
 
 def test_append_system_context_staged_while_running(daemon: Daemon) -> None:
-    steps = script({"text": "abcdefgh", "chunk_chars": 1, "delay_ms": 60})
+    # two seconds of streaming: the append, sent after the first delta, lands mid-turn even on a loaded machine
+    steps = script({"text": "abcdefghij" * 4, "chunk_chars": 1, "delay_ms": 50})
     sid = deferred(daemon, provider_params=steps)
     tid = daemon.request("turn/start", {"session_id": sid, "prompt": "go"})
     daemon.wait_event("text_delta", sid)

@@ -415,7 +415,8 @@ def test_notification_runs_without_reply(daemon: Daemon) -> None:
 
 def test_duplicate_inflight_id(daemon: Daemon) -> None:
     sid = deferred(daemon)
-    turn = req("dup", "turn/start", {"session_id": sid, "prompt": "p", "provider_params": slow("x" * 30, 30)})
+    # three seconds of streaming, so the third "dup" (sent after the first delta) arrives while it runs
+    turn = req("dup", "turn/start", {"session_id": sid, "prompt": "p", "provider_params": slow("x" * 30, 100)})
     mark = len(daemon.lines)
     # both lines in one write: the second must be refused even before the first task starts
     daemon.send_raw(line(turn) + line(req("dup", "session/list")))
@@ -455,7 +456,8 @@ def test_duplicate_ids_inside_one_batch(daemon: Daemon) -> None:
 
 def test_responses_out_of_order(daemon: Daemon) -> None:
     sid = deferred(daemon)
-    turn_id = daemon.request("turn/start", {"session_id": sid, "prompt": "p", "provider_params": slow("abcdefghijklmnopqrst")})
+    # three seconds of streaming: the read sent after the first delta is answered well before the turn
+    turn_id = daemon.request("turn/start", {"session_id": sid, "prompt": "p", "provider_params": slow("abcdefghijklmnopqrst", 150)})
     list_id = daemon.request("session/list")
     wait_deltas(daemon, sid, 1)
     read_id = daemon.request("session/read", {"session_id": sid})
@@ -744,7 +746,22 @@ def test_sigterm_with_a_client_that_stopped_reading(tmp_path: Path, spawn: Spawn
             proc.stdin.write(line(req(1, "session/create", {"prompt": "p", "provider": "scripted",
                                                             "provider_params": big})))
             proc.stdin.flush()
-            time.sleep(2)  # never read stdout: the pipe and then the writer's queue fill up; the turn ends
+            # never read stdout: the pipe and then the writer's queue fill up; the turn ends.
+            # A second daemon on the file sees when it has (a fixed sleep was too short under load).
+            watcher = spawn(db=db)
+
+            def turn_stored() -> bool:
+                listed = watcher.call("session/list")["sessions"]
+                if not listed:
+                    return False
+                state = watcher.call("session/read", {"session_id": listed[0]["session_id"]})["state"]
+                return state["message_count"] == 2 and not state["is_active"]
+
+            deadline = time.monotonic() + 60
+            while not turn_stored():
+                assert time.monotonic() < deadline, "the turn never ended while its client did not read"
+                time.sleep(0.1)
+            watcher.stop()
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(15)
