@@ -441,7 +441,7 @@ class Response:
         if conn is None:
             return
         if self._keep_alive and not self._client.is_closed:
-            self._client._put_idle(conn)
+            await self._client._put_idle(conn)
         else:
             await conn.aclose()
 
@@ -549,12 +549,11 @@ class Client:
         target = _parse_url(proxy)
         return _ProxyRoute(target.origin, target.auth)
 
-    def _put_idle(self, conn: _Connection) -> None:
+    async def _put_idle(self, conn: _Connection) -> None:
         assert conn.key is not None
         conns = self._idle.setdefault(conn.key, [])
         if len(conns) >= self.max_idle:
-            # Closing needs an await; a socket left to the garbage collector is closed by it.
-            conns.pop(0)
+            await conns.pop(0).aclose()
         conn.idle_since = anyio.current_time()
         conn.reused = True
         conns.append(conn)
@@ -630,7 +629,12 @@ class Client:
             if len(buf) > MAX_HEAD:
                 raise RemoteProtocolError("response head too large")
             start = max(0, len(buf) - 3)
-            more = await conn.receive(timeout)
+            try:
+                more = await conn.receive(timeout)
+            except ReadError:
+                if conn.reused and not buf:
+                    raise _StaleConnection() from None
+                raise
             if not more:
                 if conn.reused and not buf:
                     raise _StaleConnection()
