@@ -4,7 +4,8 @@
 ``require("warren").setup({cmd = ...})`` to spawn this checkout's daemon (a database in
 tmp_path, the hermetic environment, the offline ``scripted`` provider), ``:WarrenAsk``, a
 snapshot of the buffer after every change, the buffer written to a file once the turn is over,
-and ``require("warren").stop()``. Skips when ``nvim`` is not on PATH (``.ci/run`` installs it
+and ``require("warren").stop()``. One test swaps the daemon for tests/nvim/fake_daemon.py, to
+control how lines are split and to send a retry that discards text. Skips when ``nvim`` is not on PATH (``.ci/run`` installs it
 with apt-get where it can).
 """
 
@@ -115,3 +116,13 @@ def test_a_daemon_that_cannot_start_is_reported(tmp_path: Path) -> None:
     assert report["status"] == "error"
     assert report["buffer"].startswith("[warren] SPAWN_FAILED: cannot run "), report["buffer"]
     assert "exit_code" not in report  # no daemon to stop
+
+
+def test_split_lines_and_a_retry_that_discards_text(tmp_path: Path) -> None:
+    """A stand-in daemon (tests/nvim/fake_daemon.py) writes its lines with non-ASCII text in
+    pieces, the first cut inside a UTF-8 character, and sends ``retrying`` with
+    ``discard_chars: 5`` after "héllo wörld"."""
+    report = run_nvim(tmp_path, {}, cmd=[sys.executable, str(ROOT / "tests" / "nvim" / "fake_daemon.py")])
+    assert report["status"] == "end_turn" and report["exit_code"] == 0
+    assert [s["text"] for s in report["snapshots"]] == ["héllo wörld", "héllo ", "héllo Warren ✓\nbye"]
+    assert report["buffer"] == "héllo Warren ✓\nbye"

@@ -23,7 +23,7 @@ local ok, err = pcall(function()
   out.status = vim.b[buf].warren_status
   out.session_id = vim.b[buf].warren_session
   out.buffer_name = vim.api.nvim_buf_get_name(buf)
-  out.filetype = vim.api.nvim_buf_get_option(buf, "filetype")
+  out.filetype = vim.bo[buf].filetype
   vim.fn.writefile(vim.api.nvim_buf_get_lines(buf, 0, -1, false), cfg.buffer_file, "b")
   out.exit_code = warren.stop()
 end)

@@ -64,8 +64,8 @@ local function on_event(params)
     append(turn.buf, event.delta)
   elseif event.type == "retrying" and (event.discard_chars or 0) > 0 then
     -- The failed attempt's streamed text is never committed: drop it (counted in characters).
-    local keep = math.max(vim.str_utfindex(turn.text) - event.discard_chars, 0)
-    turn.text = turn.text:sub(1, vim.str_byteindex(turn.text, keep))
+    local keep = math.max(vim.fn.strchars(turn.text) - event.discard_chars, 0)
+    turn.text = vim.fn.strcharpart(turn.text, 0, keep)
     redraw(turn)
   end
 end
@@ -166,7 +166,7 @@ function M.ask(prompt, opts)
   asks = asks + 1
   local buf = vim.api.nvim_create_buf(true, true)
   vim.api.nvim_buf_set_name(buf, "warren://" .. asks)
-  vim.api.nvim_buf_set_option(buf, "filetype", "markdown")
+  vim.bo[buf].filetype = "markdown"
   vim.cmd("split")
   vim.api.nvim_win_set_buf(0, buf)
   vim.b[buf].warren_status = "running"
