@@ -32,16 +32,26 @@ Four measurements, every daemon ``--ephemeral``:
 4. Resident memory: the daemon's ``VmRSS`` after a warm-up turn with one client tool call
    (so the turn and tool machinery are loaded), then again once a session with the SDK's
    echo server has run one call through it; and the server's own ``VmRSS``.
+5. The streamable HTTP transport (``daemon/mcp/http.py``): the SDK's server run with
+   ``--http`` on loopback (a separate process, answering each POST with a short SSE stream,
+   with keep-alive), the same turn of ``t__echo`` calls naming it by ``url``, and the
+   daemon's ``VmRSS`` before and after one call through it in a fresh daemon (which is what
+   loading the HTTP stack costs). The server's own time is taken with the standard library's
+   ``http.client`` over one kept-alive connection, so it owes nothing to the client under test.
 """
 
 from __future__ import annotations
 
+import http.client
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import msgspec
 
@@ -94,6 +104,7 @@ def run(section: Section) -> None:
     _first_chunk(section)
     _mcp_round_trip(section)
     _mcp_rss(section)
+    _mcp_http(section)
 
 
 # ---------------------------------------------------------------- 1. cold start
@@ -276,3 +287,94 @@ def _mcp_rss(section: Section) -> None:
                        detail=True))
     section.add(Metric(section.key, "growth", "MB", after - before, detail=True))
     section.add(Metric(section.key, f"the server's own RSS ({SDK_SERVER.name}, official mcp SDK)", "MB", server))
+
+
+# ---------------------------------------------------------------- 5. streamable HTTP
+
+
+@contextmanager
+def _http_server() -> Iterator[str]:
+    """The SDK fake served over streamable HTTP on a free loopback port: its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(SDK_SERVER), "--http", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"the SDK HTTP server did not start (exit status {proc.poll()})") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _http_own_time(url: str, calls: int = MCP_CALLS, warmup: int = MCP_WARMUP) -> list[float]:
+    """Milliseconds per ``tools/call echo`` POST (sent to the whole SSE answer read), with
+    ``http.client`` on one connection: the floor for any client of that server."""
+    host_port = url.split("/")[2]
+    conn = http.client.HTTPConnection(host_port, timeout=30)
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+    def post(message: dict[str, Any]) -> tuple[http.client.HTTPResponse, bytes]:
+        conn.request("POST", "/mcp", msgspec.json.encode(message), headers)
+        response = conn.getresponse()
+        return response, response.read()
+
+    response, _ = post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": MCP_INIT_PARAMS})
+    headers["mcp-session-id"] = response.headers["mcp-session-id"]
+    headers["mcp-protocol-version"] = MCP_INIT_PARAMS["protocolVersion"]
+    post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    out: list[float] = []
+    try:
+        for i in range(warmup + calls):
+            start = time.perf_counter()
+            response, body = post({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call", "params": ECHO})
+            elapsed = (time.perf_counter() - start) * 1000
+            if response.status != 200 or b'"text":"hi"' not in body.replace(b" ", b""):
+                raise BenchError(f"tools/call echo over HTTP: HTTP {response.status}: {body[:200]!r}")
+            if i >= warmup:
+                out.append(elapsed)
+    finally:
+        conn.close()
+    return out
+
+
+def _mcp_http(section: Section, calls: int = MCP_CALLS) -> None:
+    with _http_server() as url:
+        spec = {"name": "t", "url": url}
+        with tools.tool_daemon("ephemeral") as daemon:
+            tools.tool_turn(daemon, 1)  # load the turn and tool machinery before "before"
+            before = status_mb(daemon.status()["VmRSS"])
+            _mcp_turn(daemon, spec, 1)
+            after = status_mb(daemon.status()["VmRSS"])
+            _mcp_turn(daemon, spec, MCP_WARMUP)  # not counted
+            started, completed, _ = _mcp_turn(daemon, spec, calls)
+        own = _http_own_time(url, calls)
+    floor = statistics.median(own)
+    through = [(c - s) * 1000 for s, c in zip(started, completed)]
+    step = [(b - a) * 1000 for a, b in zip(started, started[1:])]
+    section.add(latency_metric(section.key, "MCP call over streamable HTTP (SDK server): tool_execution_started to "
+                                            "_completed, as read", through))
+    section.add(latency_metric(section.key, "daemon's share beyond the server's own time", [t - floor for t in through],
+                               detail=True))
+    section.add(latency_metric(section.key, "the server's own time (POST tools/call with http.client, no daemon)",
+                               own, detail=True))
+    section.add(latency_metric(section.key, "per step of the turn (started to next started)", step, detail=True))
+    section.add(Metric(section.key, "daemon RSS (VmRSS) with one HTTP MCP server attached, after one call", "MB",
+                       after))
+    section.add(Metric(section.key, "same daemon before (after a turn with one client tool call)", "MB", before,
+                       detail=True))
+    section.add(Metric(section.key, "growth (the HTTP transport loaded, one connection)", "MB", after - before,
+                       detail=True))
