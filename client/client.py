@@ -85,9 +85,12 @@ class Client(Methods):
         moment it is created, so create it before the request whose events you want::
 
             async with client.events(session_id=sid) as events, anyio.create_task_group() as tg:
-                tg.start_soon(client.turn_start, ...)   # or keep its result: see README
+                tg.start_soon(lambda: client.turn_start(session_id=sid, prompt="hi"))
                 async for event in events:
-                    ...
+                    ...  # break at turn_completed / turn_failed
+
+        All events of a turn arrive before the answer of the request that ran it, so once
+        ``turn_start`` has returned, the stream already holds the rest of them.
         """
         return self._hub.open(session_id, turn_id, types)
 

@@ -69,6 +69,12 @@ def test_one_method_per_protocol_method_whose_arguments_are_its_params() -> None
         assert sorted(args) == sorted(f.name for f in msgspec.structs.fields(spec.params)), method
 
 
+def test_the_client_never_imports_the_daemon() -> None:
+    code = "import sys, warren.client; print(sorted(m for m in sys.modules if m.startswith('warren.daemon')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, env=env()).stdout
+    assert out.strip() == b"[]"
+
+
 async def test_spawn_and_initialize(client: Client) -> None:
     info = await client.initialize()
     assert info.server_info.name == "warren"
