@@ -42,7 +42,7 @@ SECTIONS: dict[str, str] = {
                    "(targets: 100k < 5 ms and <= 2x the 10-message figure)",
     "acp_mcp": "warren acp and MCP tool sources: acp cold start beside serve's, time to the first "
                "agent_message_chunk, MCP tool round trip beyond the server's own time (target median < 2 ms), "
-               "daemon RSS with one MCP server",
+               "daemon RSS with one MCP server; the same over streamable HTTP",
     "compaction": "Compaction of a 10,000-message session vs. a 10-message one (daemon time; the scripted "
                   "model answers at once), history pages after it, and the first turn after it vs. the same "
                   "turn uncompacted (no targets)",

@@ -11,7 +11,7 @@ history and no earlier image. The image prompt is ``[{text: PROMPT}, {image: ima
 base64 of 1,048,576 random bytes}]``, with new random bytes for each sample (so each is
 decoded, hashed and stored as a new blob, never found already stored); the text prompt is
 ``PROMPT`` alone. The two kinds alternate, which goes first swapping every pair, after
-``WARMUP`` uncounted turns of each (the first imports httpx and opens the connection).
+``WARMUP`` uncounted turns of each (the first imports the HTTP client, ``wire``, and opens the connection).
 Request lines are encoded before the clock starts.
 
 "turn/start written to HTTP request received" is section 7's measure: the fake server's
@@ -19,7 +19,7 @@ Request lines are encoded before the clock starts.
 it as JSON) minus ``time.time()`` just before this client wrote the request line. For the
 image turn it covers the write of the 1.4 MB line through the stdin pipe, JSON-RPC decoding,
 base64 validation, sha256, the blob and message commit, reading the blob back for the
-request, base64 again for the data URL, JSON-encoding the body, and httpx sending it over
+request, base64 again for the data URL, JSON-encoding the body, and ``wire`` sending it over
 loopback; plus the fake server's reading and parsing of it, which runs in this process and is
 shown on its own (timed here, afterwards, on a recorded body). A sample during which
 ``time.time() - time.monotonic()`` moved by more than 0.25 ms is left out (and counted).

@@ -4,7 +4,7 @@ The daemon talks HTTP to ``tests.fakes.llm_server.FakeLLMServer``, which runs in
 this process on 127.0.0.1 and is configured as provider ``fake`` (``type = "openai"``)
 through a ``--config`` file; the daemon uses a fresh database file. One session is
 created with ``initial_turn: "defer"``, then ``turn/start`` is called 2 times uncounted
-(the first imports httpx and opens the connection) and 50 times measured, one at a time.
+(the first imports the HTTP client, ``wire``, and opens the connection) and 50 times measured, one at a time.
 Every turn the server streams the OpenAI wire format as fast as it can: the role chunk,
 2,000 one-character ``content`` chunks, the finish chunk, the usage chunk and ``[DONE]``,
 each its own chunk of the chunked body (pre-encoded, so that the server thread spends as
@@ -13,7 +13,7 @@ little of this process's CPU and GIL as possible).
 First-delta latency, the daemon's own: when this client read its first ``text_delta``
 minus when the server started writing the first byte of the response body
 (``Exchange.first_byte_at``, taken just before the role chunk is written; the response
-head went out just before that). It covers loopback TCP, httpx/h11, SSE parsing, chunk
+head went out just before that). It covers loopback TCP, ``wire``'s HTTP parsing, SSE decoding, chunk
 decoding, the turn loop, event encoding, the stdout pipe and this client's read. The
 fake server records ``time.time()``, so the client side uses ``time.time()`` too: one
 clock, one process. The wall clock can be stepped, so a turn during which
@@ -34,7 +34,7 @@ exactly 2,000 ``text_delta`` notifications must arrive per turn, and the turn's 
 must be the 2,000 characters. The server's own send rate is shown beside it: it runs in
 this process and caps what the daemon can be given. "turn/start written to HTTP request
 received" is the daemon's time to first byte on the wire to the provider (claim commit,
-history read, request body, httpx), plus the fake server reading the request.
+history read, request body, ``wire`` writing it), plus the fake server reading the request.
 
 CPU: ``utime + stime`` of the daemon process (all its threads) from ``/proc/PID/stat``
 before and after the 50 measured turns (not the paced ones), per 1,000 deltas. The fake
@@ -253,7 +253,7 @@ def _report(section: Section, fast: list[_Turn], paced: list[_Turn], cpu: float,
     section.note(f"{turns} turns x {DELTAS:,} one-character deltas sent as fast as the server can, in {wall:.1f} s: "
                  f"the daemon used {cpu:.2f} CPU-s ({cpu / wall:.0%} of a core, {cpu / total * 1e6:.1f} us per delta).")
     section.note("First-delta latency = this client read its first text_delta minus the server's first body byte "
-                 "(both time.time(), one process): loopback TCP, httpx, SSE parsing, turn loop, event encoding, "
+                 "(both time.time(), one process): loopback TCP, HTTP (wire.py), SSE parsing, turn loop, event encoding, "
                  "stdout pipe. Paced: the server stalls after the first content chunk, so nothing else is in flight.")
     section.note(f"The bench's GIL switch interval is {SWITCH_INTERVAL_S * 1e6:.0f} us during this section, so the "
                  "server thread cannot hold this client's reads back by up to 5 ms.")

@@ -5,8 +5,8 @@ or an explicit path. Providers can also come from the environment alone
 (``ANTHROPIC_API_KEY``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``), so a fresh install with a key
 exported works without a file.
 
-This module is imported at daemon start-up, so it must stay cheap: no ``httpx`` here; the HTTP
-providers import it, never the other way round.
+This module is imported at daemon start-up, so it must stay cheap: no HTTP stack (``wire``,
+``ssl``) here; the HTTP providers import it, never the other way round.
 
 Credentials: a resolved key lives only in ``ProviderConfig.api_key``, which is excluded from
 ``repr`` (as are the extra headers, which may carry a proxy token). Error messages name the

@@ -267,10 +267,16 @@ def test_key_never_in_repr_or_errors(tmp_path: Path) -> None:
     assert SECRET not in str(info2.value) and SECRET not in repr(info2.value.details)
 
 
-def test_importing_config_does_not_import_httpx() -> None:
-    code = "import sys, daemon.config; print('httpx' in sys.modules, 'httpx_sse' in sys.modules)"
+def test_importing_config_does_not_import_the_http_stack() -> None:
+    """Config is read at start-up; the HTTP client (and ``ssl``, which it loads) only when a
+    provider or an HTTP MCP server is first used."""
+    code = (
+        "import sys, warren.daemon.config; "
+        "print(*(m in sys.modules for m in ('warren.daemon.providers.wire', 'warren.daemon.providers.http', "
+        "'ssl', 'httpx', 'httpx_sse')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False"] * 5
 
 
 def test_two_lines_point_at_ollama(tmp_path) -> None:

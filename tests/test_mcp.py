@@ -550,6 +550,29 @@ async def test_http_sdk_server_happy_path(sdk_http: tuple[str, Path]) -> None:
                 await anyio.sleep(0.02)
 
 
+async def test_http_calls_reuse_one_connection(sdk_http: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each POST's SSE answer is read to its end, so its connection goes back to the pool:
+    twenty calls in a row open no new connection each (the GET stream holds one of its own)."""
+    from warren.daemon.providers import wire
+
+    connects: list[str] = []
+    original = wire.Client._connect
+
+    async def counting(self: wire.Client, origin: Any, proxy: Any) -> Any:
+        connects.append(origin.host)
+        return await original(self, origin, proxy)
+
+    monkeypatch.setattr(wire.Client, "_connect", counting)
+    url, _ = sdk_http
+    async with running() as (manager, _):
+        spec = McpServerSpec("reuse", url=url)
+        await manager.tools(spec)
+        opened = len(connects)
+        for i in range(20):
+            assert (await manager.call(spec, "echo", {"text": f"n{i}"}, 5)).content == f"n{i}"
+        assert len(connects) - opened <= 2, connects
+
+
 async def test_http_headers_session_and_a_500_on_a_call() -> None:
     with FakeMcpHttp() as fake:
         async with running() as (manager, _):

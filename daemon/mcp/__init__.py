@@ -3,7 +3,8 @@
 Written on the daemon's own JSON-RPC plumbing (``protocol/peer.py``, ``transport/``)
 rather than the official SDK, whose client import costs about 0.5 s and 56 MB of RSS here;
 this package costs under a millisecond on top of the daemon's own modules. A transport is
-imported when the first server of its kind starts (stdio: ~3 ms; HTTP: httpx).
+imported when the first server of its kind starts (stdio: ~3 ms; HTTP: ~16 ms, most of it
+``ssl``, for the providers' own HTTP client ``providers/wire.py``, where httpx took ~165 ms).
 """
 
 from .manager import McpManager

@@ -11,24 +11,31 @@ the server sends on its own (``notifications/tools/list_changed``); a server wit
 answers ``405`` and is not asked again. The session is ended with a DELETE at close.
 
 Configured headers are secrets: they are sent, never logged, and every text quoted back
-from the server goes through the redactor. Importing this module imports httpx: the
-manager imports it when the first HTTP server starts.
+from the server goes through the redactor.
+
+The HTTP is the providers' own small HTTP/1.1 client (``providers/wire.py``), not httpx: one
+stack for both, and an MCP call's POST and its SSE answer go through the same byte-level
+parsing as a model call's stream (less CPU per call, and a smaller import). Its keep-alive
+pool lets consecutive calls reuse one connection, which needs every response read to its end:
+a ``202`` or a short answer is read before the block is left, not dropped. Leaving a block
+early (a call cancelled or timed out) closes that connection, which is what tells the server
+to stop sending. The manager imports this module when the first HTTP server starts.
 """
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import httpx
+import anyio.to_thread
 import msgspec
-from httpx_sse import EventSource, SSEError
 
 from warren.daemon import __version__
 from warren.daemon.logs import get_logger
+from warren.daemon.providers import wire
 from warren.daemon.transport.dispatch import Dispatcher
 from warren.protocol import jsonrpc
 from warren.protocol.peer import PeerState
@@ -43,6 +50,15 @@ ERROR_BODY_LIMIT = 16 * 1024
 #: close it at once; reading to its end lets its connection be used again).
 DRAIN_S = 5.0
 ERROR_QUOTE = 300
+#: No read timeout: a tool call may rightly take minutes (the caller's own timeout ends it),
+#: and the GET stream may stay silent for as long as the server has nothing to say.
+TIMEOUTS = wire.Timeouts(connect=10.0, read=None, write=30.0)
+#: What a transport failure that carries no text of its own says.
+_QUIET_FAILURES = {
+    "ConnectTimeout": "timed out connecting",
+    "WriteTimeout": "timed out sending the request",
+    "ReadTimeout": "timed out waiting for data",
+}
 
 
 class _Waiter:
@@ -61,7 +77,7 @@ class HttpConnection:
     pid: int | None = None
 
     def __init__(
-        self, spec: McpServerSpec, client: httpx.AsyncClient, dispatcher: Dispatcher, tasks: anyio.abc.TaskGroup
+        self, spec: McpServerSpec, client: wire.Client, dispatcher: Dispatcher, tasks: anyio.abc.TaskGroup
     ) -> None:
         assert spec.url is not None
         self.spec = spec
@@ -185,32 +201,34 @@ class HttpConnection:
                     self.session_id = response.headers.get("mcp-session-id") or None
                 status = response.status_code
                 if status == 202 or (waiter is None and status < 300):
+                    # A body of known length (empty, as a rule) is read so the connection is
+                    # pooled, not closed; any other is left unread (it could stay open).
+                    if "content-length" in response.headers:
+                        await response.read(ERROR_BODY_LIMIT)
                     return
                 if status >= 300:
                     await self._error_status(response, waiter)
                     return
                 ctype = response.headers.get("content-type", "").partition(";")[0].strip().lower()
                 if ctype == "application/json":
-                    self._take(await response.aread())
+                    self._take(await response.read())
                 elif ctype == "text/event-stream":
-                    async for event in EventSource(response).aiter_sse():
-                        if event.data:
-                            self._take(event.data.encode())
-                        if waiter.done.is_set() and scope is not None:
-                            scope.deadline = min(scope.deadline, anyio.current_time() + DRAIN_S)
+                    assert waiter is not None
+                    decoder = wire.SSEDecoder()
+                    async with aclosing(response.aiter_bytes()) as pieces:
+                        async for piece in pieces:
+                            for event in decoder.feed(piece):
+                                if event.data:
+                                    self._take(event.data)
+                            if waiter.done.is_set() and scope is not None:
+                                scope.deadline = min(scope.deadline, anyio.current_time() + DRAIN_S)
                 else:
                     raise RequestFailed(f"{self._where} answered with content type {ctype or 'none'!r}")
-        except httpx.TransportError as exc:
+        except wire.HTTPError as exc:
             raise self._lose(f"cannot reach {self._where} ({self._exc_text(exc)})") from None
-        except SSEError as exc:
-            raise RequestFailed(f"{self._where} sent a broken event stream: {self._redact(str(exc))}") from None
 
-    async def _error_status(self, response: httpx.Response, waiter: _Waiter | None) -> None:
-        body = b""
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) >= ERROR_BODY_LIMIT:
-                break
+    async def _error_status(self, response: wire.Response, waiter: _Waiter | None) -> None:
+        body = await response.read(ERROR_BODY_LIMIT)
         status = response.status_code
         # A JSON-RPC error in the body of an error status (a server may answer 400 for
         # invalid params) is the real answer.
@@ -232,11 +250,13 @@ class HttpConnection:
         raise RequestFailed(f"{self._where} answered HTTP {status} {reason}".rstrip() + (f": {quoted}" if quoted else ""))
 
     def _exc_text(self, exc: Exception) -> str:
-        text = self._redact(str(exc))
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        name = type(exc).__name__
+        text = self._redact(str(exc)) or _QUIET_FAILURES.get(name, "")
+        return f"{name}: {text}" if text else name
 
-    def _take(self, data: bytes) -> None:
-        """One JSON-RPC message (or batch) from the server."""
+    def _take(self, data: bytes | str) -> None:
+        """One JSON-RPC message (or batch) from the server: a JSON body, or an SSE event's
+        data (msgspec decodes the ``str`` as is; no round trip through bytes)."""
         try:
             value = _decoder.decode(data)
         except (msgspec.DecodeError, UnicodeDecodeError):
@@ -282,16 +302,19 @@ class HttpConnection:
                         log.debug("mcp_no_server_stream", server=self.spec.name, status=response.status_code)
                         return
                     delay = 0.5
-                    async for event in EventSource(response).aiter_sse():
-                        if event.data:
-                            try:
-                                self._take(event.data.encode())
-                            except RequestFailed:
-                                log.warning("mcp_invalid_message", server=self.spec.name)
-            except httpx.ConnectError as exc:
+                    decoder = wire.SSEDecoder()
+                    async with aclosing(response.aiter_bytes()) as pieces:
+                        async for piece in pieces:
+                            for event in decoder.feed(piece):
+                                if event.data:
+                                    try:
+                                        self._take(event.data)
+                                    except RequestFailed:
+                                        log.warning("mcp_invalid_message", server=self.spec.name)
+            except wire.ConnectError as exc:
                 self._lose(f"cannot reach {self._where} ({self._exc_text(exc)})")  # restarted at next use
                 return
-            except (httpx.HTTPError, SSEError) as exc:
+            except wire.HTTPError as exc:
                 log.debug("mcp_server_stream_ended", server=self.spec.name, error=type(exc).__name__)
             await anyio.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -301,18 +324,19 @@ class HttpConnection:
             return
         try:
             with anyio.move_on_after(2.0):
-                await self._client.delete(self.url, headers=self._headers())
-        except httpx.HTTPError:
+                async with self._client.stream("DELETE", self.url, headers=self._headers()) as response:
+                    await response.read(ERROR_BODY_LIMIT)
+        except wire.HTTPError:
             pass
 
 
 @asynccontextmanager
 async def open_http(spec: McpServerSpec, dispatcher: Dispatcher) -> AsyncIterator[HttpConnection]:
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=10.0, read=None, write=30.0, pool=10.0),
-        follow_redirects=False,
-        headers={"user-agent": f"warren/{__version__}"},
-    )
+    assert spec.url is not None
+    client = wire.Client(timeouts=TIMEOUTS, headers={"user-agent": f"warren/{__version__}"})
+    if spec.url.lower().startswith("https:") or wire.proxy_for(spec.url):
+        # Loading the CA bundle blocks for tens of milliseconds: not on the event loop.
+        await anyio.to_thread.run_sync(client.warm, spec.url)
     try:
         async with anyio.create_task_group() as tasks:
             conn = HttpConnection(spec, client, dispatcher, tasks)

@@ -1,7 +1,8 @@
 """The MCP client's public types and the failures its transports report.
 
 Importing this module costs nothing beyond msgspec: the transports (a subprocess for stdio,
-httpx for streamable HTTP) are imported when a server is first started.
+the providers' HTTP client ``providers/wire.py`` for streamable HTTP) are imported when a
+server is first started.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def remote_error_text(error: Any) -> str:
 
 
 def redactor(secrets: Iterable[str]) -> Any:
-    """The providers' redactor (imports httpx: call it on an error path or in the HTTP
-    transport only)."""
+    """The providers' redactor (imports the providers' HTTP plumbing and the config module:
+    call it on an error path or in the HTTP transport only, not at import time)."""
     from warren.daemon.providers.http import Redactor
 
     return Redactor(secrets)

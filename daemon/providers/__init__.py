@@ -1,6 +1,7 @@
 """Which providers exist, how a session's provider and model are chosen, and their objects.
 
-Provider modules (and so ``httpx``) are imported on first use, so they never slow start-up.
+Provider modules (and so the HTTP client, ``wire``, with ``ssl``) are imported on first use, so
+they never slow start-up.
 """
 
 from __future__ import annotations
