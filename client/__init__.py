@@ -5,7 +5,7 @@ imports::
 
     import anyio
     from warren.client import spawn
-    from warren.protocol.events import TextDelta
+    from warren.protocol.events import TextDelta, TurnCompleted, TurnFailed
 
     async def main() -> None:
         async with spawn(ephemeral=True) as client:
@@ -17,7 +17,7 @@ imports::
                     async for event in events:
                         if isinstance(event.event, TextDelta):
                             print(event.event.delta, end="")
-                        if event.event.__struct_config__.tag in ("turn_completed", "turn_failed"):
+                        elif isinstance(event.event, (TurnCompleted, TurnFailed)):
                             break
 
     anyio.run(main)
