@@ -1,6 +1,7 @@
 """Warren's MCP client (``daemon/mcp``) against independent peers: a server written with the
 official SDK (``tests/fakes/mcp_server.py``, over stdio and streamable HTTP), the npm
-reference server ``@modelcontextprotocol/server-everything`` where Node is present, and two
+reference server ``@modelcontextprotocol/server-everything`` where Node is present (over
+stdio and streamable HTTP too), and two
 hand-written fakes that show exactly what the client sends (``mcp_raw_server.py``) and
 answer what the SDK will not (``mcp_http_fake.py``: HTTP 500s).
 """
@@ -652,3 +653,39 @@ async def test_everything_server(everything: McpServerSpec, monkeypatch: pytest.
         assert status(manager, "everything").pid == pid
         await manager.aclose()
         assert pid is not None and gone(pid)
+
+
+async def test_everything_server_over_http(tmp_path: Path) -> None:
+    """The npm server's streamable HTTP mode, an independent implementation of the HTTP
+    side: SSE answers to POSTs, its session id, the GET stream, and the DELETE at close."""
+    entry = _everything_entry()
+    port = _free_port()
+    err = tmp_path / "output.log"  # it logs each request to stdout
+    with open(err, "wb") as f:
+        proc = subprocess.Popen([shutil.which("node") or "node", str(entry), "streamableHttp"],
+                                env={**os.environ, "PORT": str(port)}, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        with anyio.fail_after(20):
+            while True:
+                try:
+                    await (await anyio.connect_tcp("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    assert proc.poll() is None, err.read_text()[-2000:]
+                    await anyio.sleep(0.05)
+        async with running() as (manager, _):
+            spec = McpServerSpec("everything_http", url=f"http://127.0.0.1:{port}/mcp")
+            assert {"echo", "get-sum"} <= {t.name for t in await manager.tools(spec)}
+            assert (await manager.call(spec, "echo", {"message": "hi"}, 10)).content == "Echo: hi"
+            started = time.monotonic()
+            slow = await manager.call(spec, "trigger-long-running-operation", {"duration": 30, "steps": 30}, 0.5)
+            assert slow.is_error and time.monotonic() - started < 1.5
+            assert (await manager.call(spec, "echo", {"message": "after"}, 10)).content == "Echo: after"
+            await manager.aclose()
+        with anyio.fail_after(5):
+            while "session termination" not in err.read_text():
+                await anyio.sleep(0.02)
+        assert "Received MCP GET request" in err.read_text()  # the server's own stream was opened
+    finally:
+        proc.terminate()
+        proc.wait(5)
