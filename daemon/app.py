@@ -89,16 +89,17 @@ async def serve(options: Options, in_fd: int, out_fd: int, registry: ProviderReg
         await _prepare_provider(registry, peer)
 
     frontend: WarrenFrontend | AcpFrontend
+    answered = first is not None and first.answered
     if options.frontend == "acp":
         from warren.protocol.acp import METHOD_CANCEL_REQUEST
 
         from .frontends.acp import AcpFrontend
 
         peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=METHOD_CANCEL_REQUEST,
-                    cancel_field="requestId", shutdown_grace_s=options.shutdown_grace_s, on_first_line=lambda: root.start_soon(warm_up))
+                    cancel_field="requestId", shutdown_grace_s=options.shutdown_grace_s,
+                    on_first_line=None if answered else lambda: root.start_soon(warm_up))
         frontend = AcpFrontend(peer, registry, service)
     else:
-        answered = first is not None and first.answered
         peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=CANCEL_METHOD,
                     shutdown_grace_s=options.shutdown_grace_s,
                     on_first_line=None if answered else lambda: root.start_soon(warm_up))
@@ -112,7 +113,7 @@ async def serve(options: Options, in_fd: int, out_fd: int, registry: ProviderReg
         root.start_soon(bus.run)
         await root.start(mcp.run)
         root.start_soon(_watch_signals, peer)
-        if first is not None and first.answered:
+        if answered:
             root.start_soon(warm_up)
         if first is not None and first.stop_signal is not None:
             log.info("signal", signal=signal.Signals(first.stop_signal).name)

@@ -152,14 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     from .providers import load_providers
 
     registry, startup_logs = load_providers(args["config"])
-    initialize = first = None
-    if args["command"] == "serve":
-        # Answered before anyio, the store and the service are imported: see handshake.
-        from .frontends.handshake import Initialize, answer_first_request
+    # A first initialize is answered before anyio, the store and the service are imported.
+    from .frontends.handshake import Initialize, answer_first_request, first_request_dispatcher
 
-        initialize = Initialize(registry, max_line_bytes=args["max_line_bytes"],
-                                coalesce_after_lines=args["coalesce_after_lines"])
-        first = answer_first_request(0, out_fd, initialize, args["max_line_bytes"])
+    initialize = Initialize(registry, max_line_bytes=args["max_line_bytes"],
+                            coalesce_after_lines=args["coalesce_after_lines"])
+    first = answer_first_request(0, out_fd, first_request_dispatcher(args["command"], initialize),
+                                 args["max_line_bytes"])
 
     import anyio
 

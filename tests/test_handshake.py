@@ -19,9 +19,9 @@ INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocol_version": 1, "client_info": {"name": "t", "version": "1"}}}
 
 
-def start(tmp_path: Path, *args: str, python_flags: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+def start(tmp_path: Path, *args: str, python_flags: tuple[str, ...] = (), command: str = "serve") -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, *python_flags, "-m", "warren.daemon", "serve", "--db", str(tmp_path / "w.db"), *args],
+        [sys.executable, *python_flags, "-m", "warren.daemon", command, "--db", str(tmp_path / "w.db"), *args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "stderr.log", "wb"),
         cwd=ROOT, env=hermetic_env(),
     )
@@ -51,8 +51,8 @@ def by_id(messages: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
     return {m["id"]: m for m in messages}
 
 
-def run(tmp_path: Path, payload: bytes, n: int, *args: str) -> list[dict[str, Any]]:
-    proc = start(tmp_path, *args)
+def run(tmp_path: Path, payload: bytes, n: int, *args: str, command: str = "serve") -> list[dict[str, Any]]:
+    proc = start(tmp_path, *args, command=command)
     try:
         assert proc.stdin is not None
         proc.stdin.write(payload)
@@ -74,6 +74,20 @@ def test_the_early_answer_equals_the_answer_of_the_running_daemon(tmp_path: Path
     assert early == later[1]
     assert early["result"]["capabilities"]["methods"][0] == "initialize"
     assert "session/create" in early["result"]["capabilities"]["methods"]
+
+
+def test_acp_answers_its_first_initialize_early_and_the_same(tmp_path: Path) -> None:
+    """``warren acp`` takes the same path with ACP's handler and ACP's error codes."""
+    params = {"protocolVersion": 1, "clientCapabilities": {"fs": {"readTextFile": True}},
+              "clientInfo": {"name": "zed", "version": "1"}}
+    early = run(tmp_path, line({**INIT, "params": params}), 1, command="acp")[0]
+    later = by_id(run(tmp_path, line({"jsonrpc": "2.0", "id": 0, "method": "session/list", "params": {}})
+                      + line({**INIT, "params": params}), 2, command="acp"))
+    assert early == later[1]
+    assert early["result"]["protocolVersion"] == 1 and early["result"]["agentInfo"]["name"] == "warren"
+    bad = {**INIT, "params": {"protocolVersion": "one"}}
+    assert run(tmp_path, line(bad), 1, command="acp")[0] == by_id(run(
+        tmp_path, line({"jsonrpc": "2.0", "id": 0, "method": "session/list", "params": {}}) + line(bad), 2, command="acp"))[1]
 
 
 def test_an_invalid_first_initialize_gets_the_same_error_as_a_later_one(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import anyio
 import msgspec
 
 from warren.protocol import acp
-from warren.protocol.errors import ErrorObject, error_object
+from warren.protocol.errors import error_object
 from warren.protocol.events import AnyEvent
 from warren.protocol.types import (
     ForkParams,
@@ -44,12 +44,13 @@ from warren.protocol.types import (
     TurnStartParams,
 )
 
-from .. import __version__, errors
+from .. import errors
 from ..clock import new_id
 from ..core.events import Numbered
 from ..core.tools import ClientError
 from ..providers import ProviderRegistry
 from ..transport.dispatch import Dispatcher, Handler, RequestContext
+from .handshake import acp_initialize, acp_to_wire
 from ..transport.peer import Peer, PeerError, PeerGone
 
 if TYPE_CHECKING:
@@ -76,18 +77,6 @@ class _Note(msgspec.Struct, kw_only=True):
     jsonrpc: str = "2.0"
     method: str = acp.NOTIFY_UPDATE
     params: acp.SessionNotification
-
-
-def to_wire(exc: BaseException, error_id: str | None) -> ErrorObject:
-    """Warren's error family under ACP's codes, Warren's ``data`` kept: an unknown session is
-    ACP's "resource not found"; bad params stay -32602; everything else is -32603."""
-    wire = errors.to_wire(exc, error_id)
-    code = wire.data.get("code")
-    if code == "SESSION_NOT_FOUND":
-        return ErrorObject(acp.RESOURCE_NOT_FOUND, wire.message, wire.data)
-    if wire.code in (-32602, -32601, -32600, -32700, -32800):
-        return wire
-    return ErrorObject(-32603, wire.message, wire.data)
 
 
 def kind_of(tool: str) -> acp.ToolKind:
@@ -129,7 +118,7 @@ class AcpFrontend:
         self._prompts: dict[str, _Prompt] = {}
         self._message_ids: dict[str, str] = {}  # session -> the id of the message being streamed
         self._always: dict[str, dict[str, bool]] = {}  # session -> tool -> allowed, from "always" answers
-        self.dispatcher = Dispatcher(self._table(), to_wire=to_wire, quiet=frozenset({"initialize", "session/list"}))
+        self.dispatcher = Dispatcher(self._table(), to_wire=acp_to_wire, quiet=frozenset({"initialize", "session/list"}))
 
     # ------------------------------------------------------------------ the event sink
 
@@ -292,21 +281,6 @@ class AcpFrontend:
     def _table(self) -> dict[str, tuple[type[msgspec.Struct], Handler]]:
         service = self.service
 
-        async def initialize(p: acp.InitializeParams, ctx: RequestContext) -> acp.InitializeResult:
-            if p.client_info is not None:
-                ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
-            return acp.InitializeResult(
-                acp.negotiate(p.protocol_version),
-                acp.AgentCapabilities(
-                    load_session=True,
-                    prompt_capabilities=acp.PromptCapabilities(image=True, audio=False, embedded_context=True),
-                    mcp_capabilities=acp.McpCapabilities(http=True, sse=False),
-                    session_capabilities=acp.SessionCapabilities(list={}, resume={}, close={}, delete={}, fork={}),
-                ),
-                [],
-                acp.Implementation("warren", __version__, "Warren"),
-            )
-
         async def authenticate(p: acp.AuthenticateParams, ctx: RequestContext) -> acp.EmptyResult:
             return acp.EmptyResult()
 
@@ -403,7 +377,7 @@ class AcpFrontend:
             self._cancel(p.session_id)
 
         handlers: dict[str, tuple[type[msgspec.Struct], Handler]] = {
-            "initialize": (acp.InitializeParams, initialize),
+            "initialize": (acp.InitializeParams, acp_initialize),
             "authenticate": (acp.AuthenticateParams, authenticate),
             "session/new": (acp.NewSessionParams, new),
             "session/load": (acp.LoadSessionParams, load),
@@ -461,4 +435,4 @@ def _cursor_offset(cursor: str | None) -> int:
     return offset
 
 
-__all__ = ["AcpFrontend", "error_object", "kind_of", "to_wire"]
+__all__ = ["AcpFrontend", "error_object", "kind_of"]

@@ -2,12 +2,12 @@
 
 An editor spawns the daemon and waits for the answer to ``initialize`` before it shows
 anything, so that answer is the start-up time a user feels. Everything it says (methods,
-event types, providers, limits) is known from the wire types and the config alone, while
-the rest of the daemon (anyio and asyncio, the store, the session service) costs about
-twice as much to import. So ``answer_first_request`` reads the first line synchronously,
-and when it is a single ``initialize`` request it answers it through the same
-``Dispatcher``, validation and error mapping as every other request, before those
-imports. Any other first line (a batch, a notification, another method, bad JSON, an
+event types, providers, limits; for ACP, the agent's capabilities) is known from the wire
+types and the config alone, while the rest of the daemon (anyio and asyncio, the store, the
+session service) costs about as much again to import. So ``answer_first_request`` reads the
+first line synchronously, and when it is a single ``initialize`` request it answers it
+through the same ``Dispatcher``, validation, handler and error mapping the front-end uses
+for every other request (``first_request_dispatcher``), before those imports. Any other first line (a batch, a notification, another method, bad JSON, an
 oversized line, end of input) is handed over unread to the peer, which handles it exactly
 as it always did.
 
@@ -25,8 +25,9 @@ from typing import Any, Callable
 import msgspec
 
 from warren.protocol import MAX_IMAGE_BYTES, MAX_PAGE_SIZE, PROTOCOL_VERSION
-from warren.protocol import jsonrpc
+from warren.protocol import acp, jsonrpc
 from warren.protocol import types as t
+from warren.protocol.errors import ErrorObject
 from warren.protocol.events import EVENT_TYPES, event_type_name
 from warren.protocol.framing import LineBuffer, Oversized
 from warren.protocol.methods import METHODS
@@ -42,13 +43,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 class Handshake(msgspec.Struct):
     """What the first request left for the peer: the line buffer with any bytes read past
     the first line (and the lines already split from them), whether ``initialize`` was
-    answered and with what client capabilities, and a stop signal that came meanwhile."""
+    answered, and a stop signal that came meanwhile."""
 
     buffer: LineBuffer
     pending: list[bytes | Oversized]
     answered: bool = False
-    tool_execute: bool = False
-    client: str | None = None
     stop_signal: int | None = None
 
 
@@ -60,7 +59,6 @@ class Initialize:
         self.max_line_bytes = max_line_bytes
         self.coalesce_after_lines = coalesce_after_lines
         self.tool_execute = False  # the client's capabilities.tool_execute
-        self.client: str | None = None
 
     async def __call__(self, p: t.InitializeParams, ctx: RequestContext) -> t.InitializeResult:
         if p.protocol_version != PROTOCOL_VERSION:
@@ -70,7 +68,7 @@ class Initialize:
         if p.capabilities is not None:
             self.tool_execute = p.capabilities.tool_execute
         if p.client_info is not None:
-            self.client = ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
+            ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
         return t.InitializeResult(
             protocol_version=PROTOCOL_VERSION,
             server_info=t.ServerInfo("warren", __version__),
@@ -84,11 +82,48 @@ class Initialize:
         )
 
 
+def acp_to_wire(exc: BaseException, error_id: str | None) -> ErrorObject:
+    """Warren's error family under ACP's codes, Warren's ``data`` kept: an unknown session is
+    ACP's "resource not found"; bad params stay -32602; everything else is -32603."""
+    wire = errors.to_wire(exc, error_id)
+    code = wire.data.get("code")
+    if code == "SESSION_NOT_FOUND":
+        return ErrorObject(acp.RESOURCE_NOT_FOUND, wire.message, wire.data)
+    if wire.code in (-32602, -32601, -32600, -32700, -32800):
+        return wire
+    return ErrorObject(-32603, wire.message, wire.data)
+
+
+async def acp_initialize(p: acp.InitializeParams, ctx: RequestContext) -> acp.InitializeResult:
+    """ACP's ``initialize``: the version negotiated, and what this agent can do."""
+    if p.client_info is not None:
+        ctx.extra["client"] = f"{p.client_info.name} {p.client_info.version}".strip()
+    return acp.InitializeResult(
+        acp.negotiate(p.protocol_version),
+        acp.AgentCapabilities(
+            load_session=True,
+            prompt_capabilities=acp.PromptCapabilities(image=True, audio=False, embedded_context=True),
+            mcp_capabilities=acp.McpCapabilities(http=True, sse=False),
+            session_capabilities=acp.SessionCapabilities(list={}, resume={}, close={}, delete={}, fork={}),
+        ),
+        [],
+        acp.Implementation("warren", __version__, "Warren"),
+    )
+
+
+def first_request_dispatcher(frontend: str, initialize: Initialize) -> Dispatcher:
+    """The front-end's ``initialize`` entry alone, with its error mapping and quiet logging."""
+    if frontend == "acp":
+        return Dispatcher({"initialize": (acp.InitializeParams, acp_initialize)}, to_wire=acp_to_wire,
+                          quiet=frozenset({"initialize"}))
+    return Dispatcher({"initialize": (t.InitializeParams, initialize)}, quiet=frozenset({"initialize"}))
+
+
 class _Stopped(Exception):
     """A stop signal arrived while the first line was awaited."""
 
 
-def answer_first_request(in_fd: int, out_fd: int, initialize: Initialize, max_line_bytes: int) -> Handshake:
+def answer_first_request(in_fd: int, out_fd: int, dispatcher: Dispatcher, max_line_bytes: int) -> Handshake:
     """Read up to the first line; answer it here if it is a single ``initialize`` request.
 
     A stop signal while waiting ends the wait (the daemon then stops as it would have):
@@ -119,7 +154,6 @@ def answer_first_request(in_fd: int, out_fd: int, initialize: Initialize, max_li
     message = jsonrpc.parse_line(lines[0])
     if not isinstance(message, jsonrpc.Request) or message.method != "initialize":
         return handshake
-    dispatcher = Dispatcher({"initialize": (t.InitializeParams, initialize)}, quiet=frozenset({"initialize"}))
     line = _run_to_completion(dispatcher.call,
                               message.id, message.method, message.params)
     if line is None:
@@ -127,8 +161,6 @@ def answer_first_request(in_fd: int, out_fd: int, initialize: Initialize, max_li
     _write_all(out_fd, line)
     handshake.pending = lines[1:]
     handshake.answered = True
-    handshake.tool_execute = initialize.tool_execute
-    handshake.client = initialize.client
     return handshake
 
 
