@@ -5,6 +5,11 @@ starts; each model call's output is committed as the call ends, in the same unit
 system context staged meanwhile; the end of the turn is committed before its last event
 and before the response. An interrupt commits the partial text of the call in progress.
 Text from an attempt that failed and was retried is never committed.
+
+This module is the turn's I/O: it calls the model, commits, emits and runs tool steps.
+What happens next is decided by the pure state machine in ``turn_state`` (with the budget
+rules in ``budgets``); a call's output is assembled by ``call_output``, and what the model is
+sent is chosen by ``context``.
 """
 
 from __future__ import annotations
@@ -38,13 +43,11 @@ from warren.protocol.events import (
 )
 from warren.protocol.types import (
     DEFAULT_TOOL_TIMEOUT_MS,
-    Block,
     Budget,
     BudgetUse,
     CompactResult,
     McpServerInput,
     Message,
-    ReasoningBlock,
     RunResult,
     StopReason,
     StructuredOutputError,
@@ -53,7 +56,6 @@ from warren.protocol.types import (
     ToolDef,
     ToolOverlay,
     ToolResultBlock,
-    ToolUseBlock,
     Usage,
 )
 
@@ -65,23 +67,15 @@ from .events import EventBus, Numbered, TurnLog
 from ..providers import ProviderRegistry, base
 from ..providers.base import STRUCTURED_OUTPUT
 from ..store import Store
-from . import images, structured
+from . import budgets, images, structured, turn_state
+from .call_output import CallOutput
+from .context import KEEP_LAST, SUMMARY_PROMPT, SUMMARY_REQUEST, compaction_cut, estimate_tokens, for_provider, model_context
+from .turn_state import Next, State, TurnMachine
 from ..store import blobs as blob_rows
 from .tools import ClientChannel, ClientSource, McpManagerLike, McpSource, StepRunner, Toolbox, offered
 from ..logs import get_logger
 
 log = get_logger("warren.turns")
-
-KEEP_LAST = 4  # messages an automatic compaction keeps as they are
-SUMMARY_PROMPT = (
-    "You summarise a conversation between a user and an AI agent so that the agent can go on "
-    "with only your summary and the latest messages. Keep every fact, decision, file name, "
-    "open question and task still to do; leave out pleasantries."
-)
-SUMMARY_REQUEST = "Summarise the conversation so far, as the agent's notes to itself."
-
-_json = msgspec.json.Decoder()
-
 
 class TurnSetup(msgspec.Struct):
     """What the service's claim committed and the turn needs to run."""
@@ -109,107 +103,6 @@ class TurnSetup(msgspec.Struct):
     context_window: int = 200_000
     compaction_threshold: float = 0.8
     compact_only: int | None = None  # session/compact: this "turn" compacts, keeping this many
-
-
-class _Block(msgspec.Struct):
-    kind: str
-    parts: list[str] = msgspec.field(default_factory=list)
-    signature: str | None = None
-    redacted: str | None = None
-    tool_id: str = ""
-    tool_name: str = ""
-
-
-class CallOutput:
-    """Assembles one model call's deltas into blocks."""
-
-    def __init__(self) -> None:
-        self.blocks: dict[int, _Block] = {}
-        self.usage: Usage | None = None
-        self.stop: str | None = None
-        self.streamed_chars = 0
-        self.streamed_reasoning_chars = 0
-
-    def _block(self, index: int, kind: str) -> _Block:
-        block = self.blocks.get(index)
-        if block is None:
-            block = self.blocks[index] = _Block(kind)
-        return block
-
-    def add_text(self, index: int, text: str) -> None:
-        """``feed`` for a text delta, the one that comes thousands of times a call."""
-        block = self.blocks.get(index)
-        if block is None:
-            block = self.blocks[index] = _Block("text")
-        block.parts.append(text)
-        self.streamed_chars += len(text)
-
-    def feed(self, delta: base.Delta) -> None:
-        if isinstance(delta, base.TextDelta):
-            self._block(delta.index, "text").parts.append(delta.text)
-            self.streamed_chars += len(delta.text)
-        elif isinstance(delta, base.ReasoningDelta):
-            self._block(delta.index, "reasoning").parts.append(delta.text)
-            self.streamed_reasoning_chars += len(delta.text)
-        elif isinstance(delta, base.ReasoningSignature):
-            self._block(delta.index, "reasoning").signature = delta.signature
-        elif isinstance(delta, base.RedactedReasoning):
-            self._block(delta.index, "reasoning").redacted = delta.data
-        elif isinstance(delta, base.ToolUseStart):
-            block = self._block(delta.index, "tool_use")
-            block.tool_id, block.tool_name = delta.id, delta.name
-        elif isinstance(delta, base.ToolUseArgsDelta):
-            self._block(delta.index, "tool_use").parts.append(delta.fragment)
-        elif isinstance(delta, base.UsageReport):
-            self.usage = delta.usage
-        elif isinstance(delta, base.Stop):
-            self.stop = delta.stop_reason
-
-    def content(self, *, partial: bool = False, provider: str | None = None) -> list[Block]:
-        """The assistant message's blocks; a partial one keeps only text and reasoning."""
-        out: list[Block] = []
-        for index in sorted(self.blocks):
-            b = self.blocks[index]
-            if b.kind == "text":
-                if b.parts:
-                    out.append(TextBlock("".join(b.parts)))
-            elif b.kind == "reasoning":
-                if b.parts or b.redacted:
-                    out.append(ReasoningBlock("".join(b.parts), b.signature, b.redacted, provider))
-            elif not partial:
-                out.append(ToolUseBlock(b.tool_id, b.tool_name, _arguments(b.parts)))
-        return out
-
-    def text(self) -> str:
-        return "".join("".join(b.parts) for i, b in sorted(self.blocks.items()) if b.kind == "text")
-
-    def take_tool(self, name: str) -> dict[str, Any] | None:
-        """Turn the call of tool ``name`` into text (its arguments as JSON) and return the
-        arguments: how a forced answer tool's input becomes the answer."""
-        for block in self.blocks.values():
-            if block.kind == "tool_use" and block.tool_name == name:
-                arguments = _arguments(block.parts)
-                block.kind, block.parts = "text", [msgspec.json.encode(arguments).decode()]
-                return arguments
-        return None
-
-    def tool_calls(self) -> list[ToolCall]:
-        return [
-            ToolCall(b.tool_id, b.tool_name, _arguments(b.parts))
-            for _, b in sorted(self.blocks.items())
-            if b.kind == "tool_use"
-        ]
-
-
-def _arguments(parts: list[str]) -> dict[str, Any]:
-    raw = "".join(parts).strip()
-    if not raw:
-        return {}
-    try:
-        value = _json.decode(raw)
-    except msgspec.DecodeError:
-        return {"_invalid_json": raw}
-    return value if isinstance(value, dict) else {"_value": value}
 
 
 class Turn:
@@ -274,6 +167,8 @@ class Turn:
         self.outcome: RunResult | errors.WarrenError | None = None
         self.keep_delta_turns = bus.keep_delta_turns
         self.log = log.bind(session_id=self.session_id, turn_id=self.turn_id)
+        #: Where the turn is; ``turn_state`` decides every move, this class does the I/O.
+        self.machine = TurnMachine()
 
     # ------------------------------------------------------------------ events
 
@@ -286,7 +181,7 @@ class Turn:
 
     async def _warn(self, budget: str, used: int, limit: int | None) -> None:
         """Emit ``budget_warning`` once per budget, when use reaches 80 % of its limit."""
-        if limit is not None and used >= 0.8 * limit and budget not in self.warned:
+        if budgets.warning_due(budget, used, limit, self.warned):
             self.warned.add(budget)
             await self.emit(BudgetWarning(budget, used, limit))
 
@@ -318,10 +213,9 @@ class Turn:
                             result = await self._loop()
                         if duration.cancelled_caught:
                             assert limit_ms is not None
-                            used = max(self._elapsed_ms(), limit_ms)
-                            self.exhausted = BudgetUse("max_turn_duration_ms", used, limit_ms)
+                            self.exhausted = spent = budgets.duration_spent(self._elapsed_ms(), limit_ms)
                             with anyio.CancelScope(shield=True):
-                                await self._warn("max_turn_duration_ms", used, limit_ms)
+                                await self._warn("max_turn_duration_ms", spent.used, limit_ms)
                                 result = await self._finish_interrupted("budget_exhausted")
                     if self.deadline.cancelled_caught:
                         raise errors.ProviderFailed(
@@ -377,37 +271,42 @@ class Turn:
         for staged in setup.applied_context:
             await self.emit(_applied(staged))
         budget = setup.budget or Budget()
+        machine = self.machine
         if setup.compact_only is not None:
+            machine.to(State.COMPACTING)
             with anyio.CancelScope(shield=True):
                 await self._compact(setup.compact_only, "manual")
-                return await self._commit([], end=("completed", "end_turn"))
+                result = await self._commit([], end=("completed", "end_turn"))
+                machine.to(State.DONE)
+                return result
         while True:
-            if setup.compaction:
-                # the last call's reported input, or before the first call an estimate
-                filled = self.last_input_tokens or _tokens(self._context())
-                if filled >= setup.compaction_threshold * setup.context_window:
-                    await self._compact(KEEP_LAST, "auto")
+            # the last call's reported input, or before the first call an estimate
+            filled = (self.last_input_tokens or estimate_tokens(self._context())) if setup.compaction else 0
+            compact = turn_state.compaction_due(enabled=setup.compaction, filled=filled,
+                                                threshold=setup.compaction_threshold, window=setup.context_window)
+            if machine.to(turn_state.before_call(compact=compact)) is State.COMPACTING:
+                await self._compact(KEEP_LAST, "auto")
+                machine.to(State.CALLING_MODEL)
             output = await self._model_call(tools)
             if output.usage is not None:
                 self.last_input_tokens = output.usage.input_tokens
             if setup.output_schema is not None:
                 output.take_tool(STRUCTURED_OUTPUT)  # a forced tool's input is the answer's text
             calls = output.tool_calls()
-            stop: StopReason = "tool_use" if calls else _stop_reason(output.stop)
             tokens = (self.usage + (output.usage or Usage.zero())).total_tokens
-            await self._warn("max_tokens", tokens, budget.max_tokens)
-            if calls:
-                # Budgets only stop a turn that would go on: a final answer stands.
-                used_calls = len(self.tool_calls) + len(calls)
-                await self._warn("max_tool_calls", used_calls, budget.max_tool_calls)
-                if budget.max_tokens is not None and tokens >= budget.max_tokens:
-                    self.exhausted = BudgetUse("max_tokens", tokens, budget.max_tokens)
-                elif budget.max_tool_calls is not None and used_calls > budget.max_tool_calls:
-                    self.exhausted = BudgetUse("max_tool_calls", used_calls, budget.max_tool_calls)
-                if self.exhausted is not None:
-                    stop = "budget_exhausted"
-            final = stop != "tool_use" or not toolbox.runnable(calls)
-            again = self._check_answer(output) if final and stop == "end_turn" else None
+            for warning in turn_state.call_warnings(
+                tokens=tokens, calls=len(calls), earlier_calls=len(self.tool_calls),
+                max_tokens=budget.max_tokens, max_tool_calls=budget.max_tool_calls, warned=self.warned,
+            ):
+                await self._warn(warning.budget, warning.used, warning.limit)
+            decision = turn_state.after_call(turn_state.CallFacts(
+                stop=output.stop, calls=len(calls), runnable=bool(calls) and toolbox.runnable(calls), tokens=tokens,
+                earlier_calls=len(self.tool_calls), max_tokens=budget.max_tokens, max_tool_calls=budget.max_tool_calls,
+                schema=setup.output_schema is not None,
+            ))
+            if decision.exhausted is not None:
+                self.exhausted = decision.exhausted
+            again = self._check_answer(output) if decision.check_answer else None
             if again is not None:
                 with anyio.CancelScope(shield=True):
                     await self._commit_call(output, None, [], steer=False)
@@ -416,28 +315,29 @@ class Turn:
                                                 self.turn_id)], steer=False)
                 continue
             # A steer waiting when the model has answered: the turn goes on, with it.
-            steered = final and not calls and stop == "end_turn" and not self.stop_at_boundary and (
+            steered = turn_state.steer_may_join(decision, stop_at_boundary=self.stop_at_boundary) and (
                 await self.store.read(lambda db: staging.steer_waiting(db, self.session_id))
             )
+            outcome = turn_state.call_outcome(decision, steered=bool(steered))
             with anyio.CancelScope(shield=True):
                 refused = [
-                    ToolResultBlock(c.tool_use_id, f"Not run: the turn's {self.exhausted.budget} budget is exhausted", True)
-                    for c in calls
-                ] if stop == "budget_exhausted" and self.exhausted else []
+                    ToolResultBlock(c.tool_use_id, budgets.refusal(outcome.refuse.budget), True) for c in calls
+                ] if outcome.refuse is not None else []
                 # steers join only where a user message may stand: not between calls and results
-                result = await self._commit_call(output, stop if final and not steered else None, refused,
-                                                 steer=bool(steered))
+                result = await self._commit_call(output, outcome.end, refused, steer=bool(steered))
                 self.current = None
                 if result is not None:
+                    machine.to(State.DONE)
                     return result
-            if steered:
+            if outcome.next is Next.CALL_AGAIN:
                 continue
+            machine.to(State.RUNNING_TOOLS)
             self.step = StepRunner(calls, toolbox, setup.tool_timeout_ms, self.emit, self._permit)
             results = await self.step.run()
             with anyio.CancelScope(shield=True):
                 await self._commit([self._tool_message(results, self.message_count)], blobs=self.step.blobs)
                 self.step = None
-                if self.stop_at_boundary:
+                if turn_state.after_tools(stop_at_boundary=self.stop_at_boundary) is Next.BOUNDARY:
                     return await self._finish_interrupted("interrupted")
 
     # ------------------------------------------------------------------ context and compaction
@@ -463,24 +363,14 @@ class Turn:
     def _context(self) -> list[Message]:
         """What the model is sent: the history, or, after a compaction, its summary and the
         messages it kept (the history itself keeps every message)."""
-        setup = self.setup
-        if setup.compaction_summary is None:
-            return self.history
-        ids = {m.message_id: i for i, m in enumerate(self.history)}
-        summary = ids.get(setup.compaction_summary)
-        if summary is None:
-            return self.history
-        start = ids.get(setup.compaction_keep_from, summary) if setup.compaction_keep_from else summary
-        return [self.history[summary]] + [m for m in self.history[start:] if m.message_id != setup.compaction_summary]
+        return model_context(self.history, self.setup.compaction_summary, self.setup.compaction_keep_from)
 
     async def _compact(self, keep_last: int, reason: str) -> None:
         """Summarise what the model sees, but its last ``keep_last`` messages, in a call of
         its own, and from now on send the summary instead. A kept part never starts with
         tool results whose calls would be summarised away."""
         context = self._context()
-        cut = max(0, len(context) - keep_last)
-        while 0 < cut < len(context) and context[cut].role == "tool":
-            cut -= 1
+        cut = compaction_cut(context, keep_last)
         if cut == 0:
             return
         await self.emit(CompactionStarted(reason))  # type: ignore[arg-type]
@@ -498,9 +388,9 @@ class Turn:
         summary = Message(self.message_count, "system", [TextBlock(output.text() or "(no summary)")], now_ms(),
                           new_id(), self.turn_id, "compaction")
         keep_from = context[cut].message_id if cut < len(context) else None
-        before = _tokens(context)
+        before = estimate_tokens(context)
         self.setup.compaction_summary, self.setup.compaction_keep_from = summary.message_id, keep_from
-        after = _tokens([summary] + context[cut:])
+        after = estimate_tokens([summary] + context[cut:])
         self.compacted = CompactResult(self.session_id, summary.message_id, cut, before, after)
         self.last_input_tokens = 0
         await self._commit(
@@ -517,10 +407,13 @@ class Turn:
             return None
         self.answers += 1
         value, problems = structured.parse(output.text(), schema)
-        if not problems:
+        verdict = turn_state.answer_verdict(
+            problems=len(problems), attempt=self.answers, retries=self.setup.structured_output_retries
+        )
+        if verdict == "accepted":
             self.structured, self.structured_error = value, None
             return None
-        if self.answers <= self.setup.structured_output_retries:
+        if verdict == "retry":
             self.log.info("structured_output_retry", attempt=self.answers, problems=len(problems))
             return structured.correction(problems)
         self.structured_error = StructuredOutputError(self.answers, problems)
@@ -792,6 +685,7 @@ class Turn:
         except errors.WarrenError as exc:
             await self._send_failed(errors.to_wire(exc))
             raise
+        self.machine.to(turn_state.ended_by(stop))
         self.current = self.step = None
         assert result is not None
         return result
@@ -825,6 +719,8 @@ class Turn:
             self.log.warning("turn_close_failed", reason=getattr(exc, "reason", None))
         self.log.info("turn_failed", code=wire.data.get("code"))
         self.bus.publish(self.events, [event])
+        if not self.machine.ended:  # an end already committed stays the turn's state
+            self.machine.to(State.FAILED)
 
     async def _send_failed(self, wire: Any) -> None:
         """The end could not be stored: say so with ``turn_failed`` (sent, not stored)."""
@@ -852,31 +748,3 @@ def _applied(staged: staging.Staged) -> Event:
     if staged.role == "user":
         return SteerApplied(staged.text)
     return SystemContextApplied(staged.source, staged.idempotency_key)
-
-
-def for_provider(history: list[Message], provider: str) -> list[Message]:
-    """The history as ``provider`` is sent it: reasoning another provider did is left out
-    (its signatures mean nothing here, and a provider refuses blocks it did not sign). The
-    list itself when there is nothing to leave out, which is the usual case."""
-    def foreign(b: Block) -> bool:
-        return isinstance(b, ReasoningBlock) and b.provider is not None and b.provider != provider
-
-    if not any(m.role == "assistant" and any(foreign(b) for b in m.content) for m in history):
-        return history
-    return [
-        msgspec.structs.replace(m, content=[b for b in m.content if not foreign(b)])
-        if m.role == "assistant" else m
-        for m in history
-    ]
-
-
-def _tokens(messages: list[Message]) -> int:
-    """A model-free estimate: four characters a token."""
-    chars = sum(len(getattr(b, "text", "") or getattr(b, "content", "") or "") for m in messages for b in m.content)
-    return math.ceil(chars / 4)
-
-
-def _stop_reason(stop: str | None) -> StopReason:
-    if stop in ("end_turn", "max_tokens", "refusal"):
-        return stop  # type: ignore[return-value]
-    return "end_turn"
