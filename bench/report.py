@@ -35,7 +35,7 @@ def environment() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     versions = {}
-    for dist in ("msgspec", "anyio", "structlog"):  # the daemon's runtime dependencies that matter here
+    for dist in ("msgspec", "anyio"):  # the daemon's runtime dependencies that matter here
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

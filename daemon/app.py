@@ -133,13 +133,21 @@ async def serve(options: Options, in_fd: int, out_fd: int, registry: ProviderReg
     log.info("stopped")
 
 
+QUIET_BEFORE_PREPARING_S = 0.03
+
+
 async def _prepare_provider(registry: ProviderRegistry, peer: Peer) -> None:
-    """Import and build the default provider in a worker thread, once the client's first
-    requests are answered (or after a second of steady traffic), so that the first turn
-    does not wait for it and no early request waits behind it."""
+    """Import and build the default provider in a worker thread once the client has gone
+    quiet (no request in flight for ``QUIET_BEFORE_PREPARING_S``, or after a second of
+    steady traffic), so that the first turn does not wait for it, and the requests an
+    editor sends right after ``initialize`` (creating a session) do not share the
+    interpreter with it."""
     with anyio.move_on_after(1.0):
-        while peer.state.inflight_count:
+        quiet_since = anyio.current_time()
+        while anyio.current_time() - quiet_since < QUIET_BEFORE_PREPARING_S:
             await anyio.sleep(0.01)
+            if peer.state.inflight_count:
+                quiet_since = anyio.current_time()
     try:
         prepared = await anyio.to_thread.run_sync(registry.prepare_default)
     except Exception as exc:  # noqa: BLE001 - the first turn builds it again and reports why
