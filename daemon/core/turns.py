@@ -21,7 +21,6 @@ from contextlib import aclosing
 from typing import Any, Callable
 
 import anyio
-import anyio.lowlevel
 import msgspec
 from msgspec import UNSET
 
@@ -74,6 +73,7 @@ from .turn_state import Next, State, TurnMachine
 from ..store import blobs as blob_rows
 from .tools import ClientChannel, ClientSource, McpManagerLike, McpSource, StepRunner, Toolbox, offered
 from ..logs import get_logger
+from ..loop import checkpoint
 
 log = get_logger("warren.turns")
 
@@ -524,7 +524,7 @@ class Turn:
                         now = time.perf_counter()
                         if now - flushed_at > 0.001:
                             flushed_at = now
-                            await anyio.lowlevel.checkpoint()
+                            await checkpoint()
                 return output
             except base.ProviderError as exc:
                 self.current = None

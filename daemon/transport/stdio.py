@@ -19,7 +19,8 @@ import sys
 from typing import AsyncIterator, Protocol
 
 import anyio
-import anyio.lowlevel
+
+from ..loop import checkpoint
 
 READ_SIZE = 1 << 16
 _GONE = (errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.EIO)
@@ -54,7 +55,7 @@ async def read_chunks(fd: int) -> AsyncIterator[bytes]:
             return
         yield data
         if not pollable:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
 
 
 def _read(fd: int) -> bytes | None:
@@ -243,7 +244,7 @@ class Writer:
                 raise
             view = view[n:]
         if self._nonblocking:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
 
     def _mark_broken(self) -> None:
         self._broken = True
