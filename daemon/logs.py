@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import sys
 import time
-import traceback
 from typing import Any
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -50,6 +49,8 @@ def _write(record: dict[str, Any]) -> None:
         if exc is True:
             exc = sys.exc_info()[1]
         if isinstance(exc, BaseException):
+            import traceback  # only for the rare line that carries one: it costs ~3 ms to import
+
             record["exception"] = "".join(traceback.format_exception(exc)).rstrip("\n")
     try:
         sys.stderr.buffer.write(_encode(record) + b"\n")
