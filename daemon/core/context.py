@@ -22,20 +22,34 @@ SUMMARY_PROMPT = (
 SUMMARY_REQUEST = "Summarise the conversation so far, as the agent's notes to itself."
 
 
-def for_provider(history: list[Message], provider: str) -> list[Message]:
+def for_provider(history: list[Message], provider: str, *, known_clean: int = 0) -> list[Message]:
     """The history as ``provider`` is sent it: reasoning another provider did is left out
     (its signatures mean nothing here, and a provider refuses blocks it did not sign). The
-    list itself when there is nothing to leave out, which is the usual case."""
-    def foreign(b: Block) -> bool:
-        return isinstance(b, ReasoningBlock) and b.provider is not None and b.provider != provider
-
-    if not any(m.role == "assistant" and any(foreign(b) for b in m.content) for m in history):
+    list itself when there is nothing to leave out, which is the usual case.
+    ``known_clean``: how many leading messages are known to hold no such reasoning (checked
+    at an earlier call of the same turn), so that a long tool loop does not rescan its whole
+    history at every model call."""
+    if not _has_foreign_reasoning(history, provider, known_clean):
         return history
     return [
-        msgspec.structs.replace(m, content=[b for b in m.content if not foreign(b)])
+        msgspec.structs.replace(m, content=[b for b in m.content if not _foreign(b, provider)])
         if m.role == "assistant" else m
         for m in history
     ]
+
+
+def _foreign(block: Block, provider: str) -> bool:
+    return isinstance(block, ReasoningBlock) and block.provider is not None and block.provider != provider
+
+
+def _has_foreign_reasoning(history: list[Message], provider: str, start: int) -> bool:
+    for i in range(start, len(history)):
+        message = history[i]
+        if message.role == "assistant":
+            for block in message.content:
+                if type(block) is ReasoningBlock and block.provider is not None and block.provider != provider:
+                    return True
+    return False
 
 
 def estimate_tokens(messages: list[Message]) -> int:

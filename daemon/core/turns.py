@@ -140,6 +140,7 @@ class Turn:
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.history: list[Message] = []
+        self.clean_history = 0  # leading messages of the history checked for other providers' reasoning
         #: The head transcript as this turn last committed it (it alone writes the session
         #: while it runs), so a commit need not read it back.
         self.path: transcripts.Path | None = None
@@ -481,12 +482,16 @@ class Turn:
 
     async def _model_call(self, tools: list[ToolDef]) -> CallOutput:
         s = self.setup
+        context = self._context()
+        messages = for_provider(context, s.provider, known_clean=self.clean_history if context is self.history else 0)
+        if messages is context and context is self.history:
+            self.clean_history = len(context)  # the history only grows during a turn
         request = base.ModelRequest(
             images=self.images,
             output_schema=s.output_schema,
             model=s.model,
             system=s.system,
-            messages=for_provider(self._context(), s.provider),
+            messages=messages,
             tools=tools,
             max_tokens=s.max_tokens,
             provider_params=s.provider_params,
