@@ -118,6 +118,9 @@ async def serve(options: Options, in_fd: int, out_fd: int, registry: ProviderReg
         if first is not None and first.stop_signal is not None:
             log.info("signal", signal=signal.Signals(first.stop_signal).name)
             peer.stop_reading()
+        if first is not None and first.output_gone:
+            log.info("client_gone", during="initialize")  # as the writer would on a broken pipe
+            peer.stop_reading()
         if first is None:
             await peer.serve(in_fd, frontend.dispatcher, input_closed)
         else:

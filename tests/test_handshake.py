@@ -175,3 +175,18 @@ def test_a_client_that_closes_without_a_line_ends_the_daemon(tmp_path: Path) -> 
     finally:
         proc.kill()
     assert os.path.exists(tmp_path / "w.db")
+
+
+def test_a_client_that_closed_our_stdout_before_the_answer_ends_the_daemon(tmp_path: Path) -> None:
+    """The early answer meets a closed pipe: the daemon stops as it does when its writer
+    finds the client gone, instead of waiting on its input forever."""
+    proc = start(tmp_path)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdout.close()
+        proc.stdin.write(line(INIT))
+        proc.stdin.flush()
+        assert proc.wait(timeout=20) == 0  # stdin still open: only the broken pipe ends it
+    finally:
+        proc.kill()
+    assert '"client_gone"' in (tmp_path / "stderr.log").read_text()

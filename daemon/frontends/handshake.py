@@ -43,12 +43,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 class Handshake(msgspec.Struct):
     """What the first request left for the peer: the line buffer with any bytes read past
     the first line (and the lines already split from them), whether ``initialize`` was
-    answered, and a stop signal that came meanwhile."""
+    answered, a stop signal that came meanwhile, and whether the client had already closed
+    the daemon's stdout."""
 
     buffer: LineBuffer
     pending: list[bytes | Oversized]
     answered: bool = False
     stop_signal: int | None = None
+    output_gone: bool = False  # the answer could not be written: the client closed our stdout
 
 
 class Initialize:
@@ -158,7 +160,10 @@ def answer_first_request(in_fd: int, out_fd: int, dispatcher: Dispatcher, max_li
                               message.id, message.method, message.params)
     if line is None:
         return handshake
-    _write_all(out_fd, line)
+    try:
+        _write_all(out_fd, line)
+    except OSError:
+        handshake.output_gone = True
     handshake.pending = lines[1:]
     handshake.answered = True
     return handshake
