@@ -50,9 +50,10 @@ from .errors import (
 from .events import EventStream, UnknownEvent, decode_event, event_type
 from .methods import EventsPage
 from .spawn import SpawnedClient, daemon_command, spawn
+from .turn import TurnRun
 
 __all__ = [
-    "Client", "ToolHandler", "attach", "spawn", "SpawnedClient", "daemon_command",
+    "Client", "ToolHandler", "attach", "spawn", "SpawnedClient", "daemon_command", "TurnRun",
     "Connection", "PendingRequest", "EventStream", "EventsPage", "UnknownEvent", "decode_event", "event_type",
     "ClientError", "TransportError", "ProtocolMismatch", "WarrenError", "RequestError", "InvalidRequest",
     "MethodNotFound", "InvalidParams", "InternalError", "RequestCancelled", "SessionFault", "SessionNotFound",

@@ -22,6 +22,7 @@ from .errors import TransportError
 from .events import EventHub, EventStream
 from .methods import Methods
 from .streams import FdReceiveStream, FdSendStream
+from .turn import TurnRun, run_turn
 
 #: Runs one client tool for the daemon (``tool/execute``). A string is shorthand for
 #: ``ToolExecuteResult(content=...)``; an exception becomes an error result for the model
@@ -93,6 +94,18 @@ class Client(Methods):
         ``turn_start`` has returned, the stream already holds the rest of them.
         """
         return self._hub.open(session_id, turn_id, types)
+
+    def turn(self, *, session_id: str, prompt: t.Prompt, **options: Any) -> contextlib.AbstractAsyncContextManager[TurnRun]:
+        """Run a turn and iterate its events, without a task group of your own::
+
+            async with client.turn(session_id=sid, prompt="hi") as run:
+                async for event in run:
+                    ...  # the session's events until the turn's answer
+                result = await run.result()  # the RunResult, or the request's error raised
+
+        ``options`` are ``turn_start``'s other arguments (``model``, ``when_busy``, …).
+        Leaving the block before the answer interrupts the turn."""
+        return run_turn(self, session_id, prompt, options)
 
     # ------------------------------------------------------------------ tools
 

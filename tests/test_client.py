@@ -133,6 +133,42 @@ async def test_cancelling_turn_start_interrupts_the_turn(client: Client) -> None
     assert isinstance(event.event, TurnCompleted) and event.event.stop_reason == "interrupted"
 
 
+async def test_turn_yields_the_turns_events_then_its_result(client: Client) -> None:
+    sid = await deferred(client, {"text": "abcdefghij", "chunk_chars": 3})
+    with anyio.fail_after(WAIT_S):
+        async with client.turn(session_id=sid, prompt="go") as run:
+            events = [event async for event in run]
+            result = await run.result()
+    assert [event_type(e) for e in events] == ["turn_started", "text_delta", "text_delta", "text_delta", "text_delta",
+                                               "usage", "turn_completed"]
+    assert "".join(e.event.delta for e in events if isinstance(e.event, TextDelta)) == "abcdefghij"
+    assert isinstance(result, RunResult) and result.text == "abcdefghij" and run.done
+    assert {e.turn_id for e in events} == {result.turn_id}
+
+
+async def test_turn_that_is_refused_ends_at_once_and_raises_from_result(client: Client) -> None:
+    with anyio.fail_after(WAIT_S):
+        async with client.turn(session_id="no-such-session", prompt="go") as run:
+            assert [event async for event in run] == []
+            with pytest.raises(SessionNotFound) as caught:
+                await run.result()
+    assert caught.value.data["session_id"] == "no-such-session"
+
+
+async def test_leaving_a_turn_early_interrupts_it(client: Client) -> None:
+    sid = await deferred(client, {"text": "x" * 200, "chunk_chars": 1, "delay_ms": 20})
+    with anyio.fail_after(WAIT_S):
+        async with client.turn(session_id=sid, prompt="go") as run:
+            async for event in run:
+                if isinstance(event.event, TextDelta):
+                    break
+        while (await client.session_read(session_id=sid)).state.is_active:
+            await anyio.sleep(0.05)
+    page = await client.session_history(session_id=sid)
+    assert page.messages[-1].role == "assistant"
+    assert 0 < len(page.messages[-1].content[0].text) < 200  # what was streamed, committed when it stopped
+
+
 def test_an_event_of_an_unknown_type_is_kept_not_fatal() -> None:
     params = {"session_id": "s", "turn_id": None, "seq": 9, "timestamp_ms": 1, "event": {"type": "telepathy", "x": 1}}
     event = decode_event(params)
