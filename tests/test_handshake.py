@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tests.daemon_client import ROOT, hermetic_env
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -190,3 +194,39 @@ def test_a_client_that_closed_our_stdout_before_the_answer_ends_the_daemon(tmp_p
     finally:
         proc.kill()
     assert '"client_gone"' in (tmp_path / "stderr.log").read_text()
+
+
+# ---------------------------------------------------------------- fuzzing the first line
+
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.text(max_size=4))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                                  st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+                           max_leaves=6)
+PARAM_KEYS = st.sampled_from(["protocol_version", "client_info", "capabilities", "protocolVersion", "promt", "x"])
+PARAMS = st.one_of(
+    st.dictionaries(PARAM_KEYS, st.one_of(JSON_VALUES, st.just(1),
+                                          st.fixed_dictionaries({"name": st.text(max_size=3)}),
+                                          st.fixed_dictionaries({"tool_execute": st.booleans()})), max_size=3),
+    JSON_VALUES,
+)
+FIRST_REQUESTS = st.fixed_dictionaries(
+    {"jsonrpc": st.sampled_from(["2.0", "2.0", "2.0", "1.0"]),
+     "id": st.one_of(st.integers(1, 10**6), st.text(min_size=1, max_size=4), st.none())},
+    optional={"method": st.sampled_from(["initialize", "initialize", "initialize", "Initialize", 7]),
+              "params": PARAMS, "extra": JSON_SCALARS},
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=FIRST_REQUESTS, batch=st.booleans(), crlf=st.booleans())
+def test_any_first_line_is_answered_as_it_would_be_later(tmp_path_factory: pytest.TempPathFactory, request: dict[str, Any],
+                                                         batch: bool, crlf: bool) -> None:
+    """Whatever the first line is (initialize with good or bad params, ids of every kind,
+    a wrong version or method, a batch), a fresh daemon answers it exactly as a daemon that
+    has already served a request does: the early path changes when, never what."""
+    payload = json.dumps([request] if batch else request).encode() + (b"\r\n" if crlf else b"\n")
+    early = run(tmp_path_factory.mktemp("early"), payload, 1)[0]
+    sentinel = line({"jsonrpc": "2.0", "id": "sentinel-list", "method": "session/list", "params": {}})
+    later = [m for m in run(tmp_path_factory.mktemp("later"), sentinel + payload, 2)
+             if not (isinstance(m, dict) and m.get("id") == "sentinel-list")]
+    assert later == [early]
