@@ -132,16 +132,22 @@ def answer_first_request(in_fd: int, out_fd: int, dispatcher: Dispatcher, max_li
     until the event loop runs, nobody else would see it."""
     buffer = LineBuffer(max_line_bytes)
     caught: list[int] = []
+    reading = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         caught.append(signum)
-        raise _Stopped()
+        if reading:  # interrupt the blocking read; anywhere else the signal is only noted
+            raise _Stopped()
 
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     lines: list[bytes | Oversized] = []
     try:
-        while not lines:
-            data = os.read(in_fd, READ_SIZE)
+        while not lines and not caught:
+            reading = True
+            try:
+                data = os.read(in_fd, READ_SIZE)
+            finally:
+                reading = False
             if not data:
                 break
             lines = buffer.feed(data)
