@@ -44,10 +44,9 @@ class Options(msgspec.Struct):
 
 
 async def serve(options: Options, in_fd: int, out_fd: int, registry: ProviderRegistry,
-                startup_logs: list[tuple[str, str, dict[str, Any]]], *,
-                initialize: Initialize | None = None, first: Handshake | None = None) -> None:
+                startup_logs: list[tuple[str, str, dict[str, Any]]], initialize: Initialize, first: Handshake) -> None:
     """``first``: what ``handshake.answer_first_request`` did with the first line before
-    the loop existed (``initialize`` is the handler that answered it)."""
+    the loop existed (``initialize`` is the handler that answered it, if it did)."""
     built: list[SessionService] = []
     stopping = False
 
@@ -89,23 +88,20 @@ async def serve(options: Options, in_fd: int, out_fd: int, registry: ProviderReg
         await _prepare_provider(registry, peer)
 
     frontend: WarrenFrontend | AcpFrontend
-    answered = first is not None and first.answered
+    on_first_line = None if first.answered else lambda: root.start_soon(warm_up)
     if options.frontend == "acp":
         from warren.protocol.acp import METHOD_CANCEL_REQUEST
 
         from .frontends.acp import AcpFrontend
 
         peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=METHOD_CANCEL_REQUEST,
-                    cancel_field="requestId", shutdown_grace_s=options.shutdown_grace_s,
-                    on_first_line=None if answered else lambda: root.start_soon(warm_up))
+                    cancel_field="requestId", shutdown_grace_s=options.shutdown_grace_s, on_first_line=on_first_line)
         frontend = AcpFrontend(peer, registry, service)
     else:
         peer = Peer(writer, max_line_bytes=options.max_line_bytes, cancel_method=CANCEL_METHOD,
-                    shutdown_grace_s=options.shutdown_grace_s,
-                    on_first_line=None if answered else lambda: root.start_soon(warm_up))
-        frontend = WarrenFrontend(peer, registry, service, max_line_bytes=options.max_line_bytes,
-                                  coalesce_after_lines=options.coalesce_after_lines,
-                                  db_path=str(options.db) if options.db else None, initialize=initialize)
+                    shutdown_grace_s=options.shutdown_grace_s, on_first_line=on_first_line)
+        frontend = WarrenFrontend(peer, registry, service, initialize,
+                                  db_path=str(options.db) if options.db else None)
 
     async with anyio.create_task_group() as root:
         root.start_soon(writer.run)
@@ -113,18 +109,15 @@ async def serve(options: Options, in_fd: int, out_fd: int, registry: ProviderReg
         root.start_soon(bus.run)
         await root.start(mcp.run)
         root.start_soon(_watch_signals, peer)
-        if answered:
+        if first.answered:
             root.start_soon(warm_up)
-        if first is not None and first.stop_signal is not None:
+        if first.stop_signal is not None:
             log.info("signal", signal=signal.Signals(first.stop_signal).name)
             peer.stop_reading()
-        if first is not None and first.output_gone:
+        if first.output_gone:
             log.info("client_gone", during="initialize")  # as the writer would on a broken pipe
             peer.stop_reading()
-        if first is None:
-            await peer.serve(in_fd, frontend.dispatcher, input_closed)
-        else:
-            await peer.serve(in_fd, frontend.dispatcher, input_closed, buffer=first.buffer, pending=first.pending)
+        await peer.serve(in_fd, frontend.dispatcher, input_closed, buffer=first.buffer, pending=first.pending)
         writer.close()
         with anyio.move_on_after(options.shutdown_grace_s):
             await writer.wait_drained()

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     # Everything imported so far lives for the whole process: keep the collector from
     # walking it again and again (full collections were 10 ms pauses in long tool loops).
     gc.freeze()
-    anyio.run(lambda: serve(options, 0, out_fd, registry, startup_logs, initialize=initialize, first=first))
+    anyio.run(serve, options, 0, out_fd, registry, startup_logs, initialize, first)
     return 0
 
 

@@ -9,19 +9,17 @@ name beside its handler.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import msgspec
 
-from warren.protocol import DEFAULT_COALESCE_AFTER_LINES, DEFAULT_MAX_LINE_BYTES, PROTOCOL_VERSION
+from warren.protocol import PROTOCOL_VERSION
 from warren.protocol import types as t
 from warren.protocol.events import (
     DELTA_TYPES,
     ReasoningDelta,
     SessionEventParams,
     StoredEventParams,
-    SubscribeParams,
-    SessionEventsParams,
     TextDelta,
     UnsubscribeParams,
 )
@@ -135,24 +133,20 @@ class WarrenFrontend:
         peer: Peer,
         providers: ProviderRegistry,
         service: Callable[[], "SessionService"],
+        initialize: Initialize,
         *,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-        coalesce_after_lines: int = DEFAULT_COALESCE_AFTER_LINES,
         db_path: str | None = None,
-        initialize: Initialize | None = None,
     ) -> None:
         """``service`` builds the session service on first use: ``initialize`` and
         ``providers/list`` never need it, so answering them never waits for its imports.
         ``initialize``: its handler, which may already have answered the first request
-        (``handshake``) before this front-end existed."""
+        (``handshake``) before this front-end existed; it holds the limits it announced."""
         self.peer = peer
         self.writer = peer.writer
         self.providers = providers
         self.service = service
-        self.max_line_bytes = max_line_bytes
-        self.coalesce_after_lines = coalesce_after_lines
-        self.initialize = initialize or Initialize(providers, max_line_bytes=max_line_bytes,
-                                                   coalesce_after_lines=coalesce_after_lines)
+        self.initialize = initialize
+        self.coalesce_after_lines = initialize.coalesce_after_lines
         self.db_path = db_path
         self.started = time.monotonic()
         self._openrpc: dict[str, Any] | None = None
@@ -197,6 +191,12 @@ class WarrenFrontend:
     def _table(self) -> dict[str, tuple[type[msgspec.Struct], Handler]]:
         service = self.service
 
+        def forward(call: Callable[[SessionService, Any], Awaitable[Any]]) -> Handler:
+            """A method that is the service's own: its validated params straight through."""
+            async def handler(p: Any, ctx: RequestContext) -> Any:
+                return await call(service(), p)
+            return handler
+
         async def shutdown(p: t.ShutdownParams, ctx: RequestContext) -> t.EmptyResult:
             await service().interrupt_all()
             await self.peer.settle_others(ctx.id)
@@ -208,33 +208,6 @@ class WarrenFrontend:
             ctx.session_id = result.session_id
             return result
 
-        async def start(p: t.TurnStartParams, ctx: RequestContext) -> t.RunResult:
-            return await service().start_turn(p)
-
-        async def interrupt(p: t.TurnInterruptParams, ctx: RequestContext) -> t.InterruptResult:
-            return await service().interrupt(p)
-
-        async def read(p: t.SessionIdParams, ctx: RequestContext) -> t.SessionView:
-            return await service().read(p.session_id)
-
-        async def list_(p: t.SessionListParams, ctx: RequestContext) -> t.SessionListResult:
-            return await service().list(p)
-
-        async def history(p: t.SessionHistoryParams, ctx: RequestContext) -> t.SessionHistoryPage:
-            return await service().history(p)
-
-        async def archive(p: t.SessionIdParams, ctx: RequestContext) -> t.ArchiveResult:
-            return await service().archive(p.session_id)
-
-        async def append(p: t.AppendSystemContextParams, ctx: RequestContext) -> t.AppendSystemContextResult:
-            return await service().append_system_context(p)
-
-        async def stage(p: t.StageToolResultsParams, ctx: RequestContext) -> t.StageToolResultsResult:
-            return await service().stage_tool_results(p)
-
-        async def set_tools(p: t.SetToolsParams, ctx: RequestContext) -> t.SetToolsResult:
-            return await service().set_tools(p)
-
         async def providers_list(p: t.ProvidersListParams, ctx: RequestContext) -> t.ProvidersListResult:
             registry = self.providers
             error = registry.config_error
@@ -244,32 +217,8 @@ class WarrenFrontend:
                 error.message if error else None,
             )
 
-        async def events(p: SessionEventsParams, ctx: RequestContext) -> Any:
-            return await service().events(p)
-
-        async def subscribe(p: SubscribeParams, ctx: RequestContext) -> Any:
-            return await service().subscribe(p)
-
         async def unsubscribe(p: UnsubscribeParams, ctx: RequestContext) -> Any:
             return service().unsubscribe(p)
-
-        async def fork(p: t.ForkParams, ctx: RequestContext) -> t.ForkResult:
-            return await service().edits.fork(p)
-
-        async def rewrite(p: t.RewriteParams, ctx: RequestContext) -> t.EditResult:
-            return await service().edits.rewrite(p)
-
-        async def revisions(p: t.RevisionsParams, ctx: RequestContext) -> t.RevisionsResult:
-            return await service().edits.revisions(p)
-
-        async def revision(p: t.RevisionParams, ctx: RequestContext) -> t.RevisionPage:
-            return await service().edits.revision(p)
-
-        async def restore(p: t.RestoreParams, ctx: RequestContext) -> t.EditResult:
-            return await service().edits.restore(p)
-
-        async def append_messages(p: t.AppendParams, ctx: RequestContext) -> t.AppendResult:
-            return await service().edits.append(p)
 
         async def discover(p: t.DiscoverParams, ctx: RequestContext) -> Any:
             if self._openrpc is None:
@@ -283,15 +232,6 @@ class WarrenFrontend:
             return t.StatusResult(__version__, PROTOCOL_VERSION, self.db_path, schema,
                                   int((time.monotonic() - self.started) * 1000), len(service().turns), count, store)
 
-        async def blob(p: t.BlobParams, ctx: RequestContext) -> t.BlobResult:
-            return await service().blob(p)
-
-        async def compact(p: t.CompactParams, ctx: RequestContext) -> t.CompactResult:
-            return await service().compact(p)
-
-        async def steer(p: t.TurnSteerParams, ctx: RequestContext) -> t.TurnSteerResult:
-            return await service().steer(p)
-
         async def mcp_servers(p: t.McpServersParams, ctx: RequestContext) -> t.McpServersResult:
             statuses = await service().mcp_status(p.session_id)
             return t.McpServersResult([msgspec.convert(msgspec.to_builtins(s), t.McpServerInfo) for s in statuses])
@@ -300,29 +240,29 @@ class WarrenFrontend:
             "initialize": self.initialize,
             "shutdown": shutdown,
             "session/create": create,
-            "turn/start": start,
-            "turn/interrupt": interrupt,
-            "session/read": read,
-            "session/list": list_,
-            "session/history": history,
-            "session/archive": archive,
-            "session/append_system_context": append,
-            "session/stage_tool_results": stage,
-            "session/set_tools": set_tools,
+            "turn/start": forward(lambda s, p: s.start_turn(p)),
+            "turn/interrupt": forward(lambda s, p: s.interrupt(p)),
+            "session/read": forward(lambda s, p: s.read(p.session_id)),
+            "session/list": forward(lambda s, p: s.list(p)),
+            "session/history": forward(lambda s, p: s.history(p)),
+            "session/archive": forward(lambda s, p: s.archive(p.session_id)),
+            "session/append_system_context": forward(lambda s, p: s.append_system_context(p)),
+            "session/stage_tool_results": forward(lambda s, p: s.stage_tool_results(p)),
+            "session/set_tools": forward(lambda s, p: s.set_tools(p)),
             "providers/list": providers_list,
-            "session/events": events,
-            "session/subscribe": subscribe,
+            "session/events": forward(lambda s, p: s.events(p)),
+            "session/subscribe": forward(lambda s, p: s.subscribe(p)),
             "session/unsubscribe": unsubscribe,
-            "session/fork": fork,
-            "session/rewrite": rewrite,
-            "session/revisions": revisions,
-            "session/revision": revision,
-            "session/restore": restore,
-            "session/append": append_messages,
+            "session/fork": forward(lambda s, p: s.edits.fork(p)),
+            "session/rewrite": forward(lambda s, p: s.edits.rewrite(p)),
+            "session/revisions": forward(lambda s, p: s.edits.revisions(p)),
+            "session/revision": forward(lambda s, p: s.edits.revision(p)),
+            "session/restore": forward(lambda s, p: s.edits.restore(p)),
+            "session/append": forward(lambda s, p: s.edits.append(p)),
             "mcp/servers": mcp_servers,
-            "turn/steer": steer,
-            "session/compact": compact,
-            "session/blob": blob,
+            "turn/steer": forward(lambda s, p: s.steer(p)),
+            "session/compact": forward(lambda s, p: s.compact(p)),
+            "session/blob": forward(lambda s, p: s.blob(p)),
             "daemon/status": status,
             "rpc.discover": discover,
         }
