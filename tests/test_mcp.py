@@ -524,6 +524,21 @@ def test_spec_validation_and_secrets_stay_out_of_its_repr() -> None:
     assert decoded == McpServerSpec("fs", command="npx", args=("-y", "srv"), env=(("K", "V"),))
 
 
+def test_redactor_covers_every_secret_of_a_spec() -> None:
+    """Env values, header values and their bare bearer token, and the URL's password and
+    query values (an MCP server's URL may carry its token there) are all redacted."""
+    from warren.daemon.mcp.types import redactor
+
+    stdio = McpServerSpec("s", command="srv", env=(("TOKEN", "env-secret-value"),))
+    assert redactor(stdio)("x env-secret-value y") == "x [redacted] y"
+    http = McpServerSpec(
+        "h", url="https://user:hunter22@mcp.example/x?key=query-secret-1",
+        headers=(("x-auth", "Bearer header-token-123"),),
+    )
+    out = redactor(http)("hunter22 / query-secret-1 / token header-token-123 / Bearer header-token-123")
+    assert out == "[redacted] / [redacted] / token [redacted] / [redacted]", out
+
+
 # ---------------------------------------------------------------- streamable HTTP
 
 

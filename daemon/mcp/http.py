@@ -40,7 +40,7 @@ from warren.daemon.transport.dispatch import Dispatcher
 from warren.protocol import jsonrpc
 from warren.protocol.peer import PeerState
 
-from .types import McpServerSpec, RequestFailed, ServerGone, redactor, remote_error_text, secrets_of
+from .types import McpServerSpec, RequestFailed, ServerGone, redactor, remote_error_text
 
 log = get_logger("warren.mcp")
 
@@ -89,7 +89,7 @@ class HttpConnection:
         self._dispatcher = dispatcher
         self._tasks = tasks
         self._state: PeerState[None, _Waiter] = PeerState()
-        self._redact = redactor(secrets_of(spec))
+        self._redact = redactor(spec)
         self._lost: str | None = None
         self._listening = False
         self.session_expired = False

@@ -14,6 +14,7 @@ then SIGKILL, each after a grace period.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from ..transport.stdio import Writer, read_chunks
 from warren.protocol import jsonrpc
 from warren.protocol.framing import LineBuffer, Oversized
 
-from .types import McpError, McpServerSpec, RequestFailed, ServerGone, redactor, remote_error_text, secrets_of
+from .types import McpError, McpServerSpec, RequestFailed, ServerGone, redactor, remote_error_text
 
 log = get_logger("warren.mcp")
 
@@ -168,11 +169,17 @@ class StdioConnection:
             text += f" (last stderr line: {quoted!r})"
         return text
 
+    @functools.cached_property
+    def _redactor(self) -> Any:
+        """Built at the first error that quotes the server, and once only (a server without
+        ``env`` has no secret: its texts are quoted without importing the redactor)."""
+        return redactor(self.spec)
+
     def _redact_clip(self, text: str, limit: int) -> str:
-        return redactor(secrets_of(self.spec)).clip(text, limit) if self.spec.env else text[:limit]
+        return self._redactor.clip(text, limit) if self.spec.env else text[:limit]
 
     def _redact(self, text: str) -> str:
-        return redactor(secrets_of(self.spec))(text) if self.spec.env else text
+        return self._redactor(text) if self.spec.env else text
 
     async def _stop_process(self, grace_s: float, writer_scope: anyio.CancelScope) -> None:
         """Close stdin (after what is queued for it, such as a cancel notification), then

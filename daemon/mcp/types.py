@@ -8,7 +8,7 @@ server is first started.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any
 
 import msgspec
 
@@ -120,28 +120,16 @@ def remote_error_text(error: Any) -> str:
     return "an invalid error object"
 
 
-def redactor(secrets: Iterable[str]) -> Any:
-    """The providers' redactor (imports the providers' HTTP plumbing and the config module:
-    call it on an error path or in the HTTP transport only, not at import time)."""
-    from warren.daemon.providers.http import Redactor
+def redactor(spec: McpServerSpec) -> Any:
+    """The providers' redactor for every secret of ``spec``: its env and header values (with
+    the bare token of ``Bearer x``), and the credentials and query values of its URL.
 
-    return Redactor(secrets)
+    Imports the providers' HTTP plumbing (and the config module): call it on an error path or
+    in the HTTP transport only, not at import time."""
+    from warren.daemon.providers.http import Redactor, header_secrets, url_secrets
 
-
-def secrets_of(spec: McpServerSpec) -> list[str]:
-    """Every env value and header value of a spec (with the bare token of ``Bearer x``),
-    and the credentials and query values of its URL."""
-    out = [value for _, value in spec.env]
-    for _, value in spec.headers:
-        out.append(value)
-        out.extend(part for part in value.split() if len(part) >= 8)
+    secrets = [value for _, value in spec.env]
+    secrets += header_secrets(value for _, value in spec.headers)
     if spec.url:
-        from urllib.parse import parse_qsl, urlsplit
-
-        try:
-            parts = urlsplit(spec.url)
-            out.extend(v for v in (parts.username, parts.password) if v)
-            out.extend(v for _, v in parse_qsl(parts.query) if v)
-        except ValueError:
-            pass
-    return out
+        secrets += url_secrets(spec.url, query=True)
+    return Redactor(secrets)

@@ -23,7 +23,7 @@ import re
 import time
 from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -119,15 +119,30 @@ def secrets_of(config: ProviderConfig) -> list[str]:
     error message.
     """
     out = [config.api_key] if config.api_key else []
-    try:
-        parts = urlsplit(config.base_url)
-        out.extend(value for value in (parts.username, parts.password) if value)
-    except ValueError:
-        pass
-    for value in config.headers.values():
+    out += url_secrets(config.base_url)
+    out += header_secrets(config.headers.values())
+    return out
+
+
+def header_secrets(values: Iterable[str]) -> list[str]:
+    """Each header value, and the bare token of ``Bearer abc``: an echo can quote either."""
+    out: list[str] = []
+    for value in values:
         out.append(value)
-        # "Bearer abc": the bare token can appear in an echo too.
         out.extend(part for part in value.split() if len(part) >= 8)
+    return out
+
+
+def url_secrets(url: str, *, query: bool = False) -> list[str]:
+    """The user name and password in ``url``; with ``query``, its query values too (an MCP
+    server's URL may carry its token there)."""
+    try:
+        parts = urlsplit(url)
+        out = [value for value in (parts.username, parts.password) if value]
+        if query:
+            out.extend(value for _, value in parse_qsl(parts.query) if value)
+    except ValueError:
+        return []
     return out
 
 
