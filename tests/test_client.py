@@ -27,6 +27,7 @@ from warren.client import (
     spawn,
 )
 from warren.client import errors
+from warren.client.methods import Methods
 from warren.protocol import errors as codes
 from warren.protocol.events import TextDelta, TurnCompleted
 from warren.protocol.methods import METHODS
@@ -67,6 +68,9 @@ def test_one_method_per_protocol_method_whose_arguments_are_its_params() -> None
         assert fn is not None, f"no Client method for {method}"
         args = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
         assert sorted(args) == sorted(f.name for f in msgspec.structs.fields(spec.params)), method
+        # Several methods share a params type (session/read, session/archive): the name sent decides.
+        sender = inspect.getsource(getattr(Methods, method_name(method)))
+        assert f'"{method}"' in sender, f"{method_name(method)} does not send {method}"
 
 
 def test_the_client_never_imports_the_daemon() -> None:
