@@ -144,6 +144,7 @@ async def _prepare_provider(registry: ProviderRegistry, peer: Peer) -> None:
             await anyio.sleep(0.01)
             if peer.state.inflight_count:
                 quiet_since = anyio.current_time()
+    started = anyio.current_time()
     try:
         prepared = await anyio.to_thread.run_sync(registry.prepare_default)
     except Exception as exc:  # noqa: BLE001 - the first turn builds it again and reports why
@@ -151,6 +152,8 @@ async def _prepare_provider(registry: ProviderRegistry, peer: Peer) -> None:
         return
     if prepared is not None:
         registry.adopt(prepared)
+        log.debug("provider_prepared", provider=prepared[0],
+                  duration_ms=round((anyio.current_time() - started) * 1000, 3))
 
 
 def _log_mcp_stderr(server: str, line: str) -> None:

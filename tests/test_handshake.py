@@ -234,3 +234,27 @@ def test_any_first_line_is_answered_as_it_would_be_later(tmp_path_factory: pytes
     later = [m for m in run(tmp_path_factory.mktemp("later"), sentinel + payload, 2)
              if not (isinstance(m, dict) and m.get("id") == "sentinel-list")]
     assert later == [early]
+
+
+def test_the_default_provider_is_built_once_the_client_is_quiet(tmp_path: Path) -> None:
+    """What makes the first turn fast: after the first answers, the configured default
+    provider is imported and built in a worker thread (no network), and kept for the turn."""
+    config = tmp_path / "config.toml"
+    config.write_text('[defaults]\nprovider = "local"\n[providers.local]\ntype = "openai"\n'
+                      'base_url = "http://127.0.0.1:9/v1"\ndefault_model = "m"\n')
+    proc = start(tmp_path, "--config", str(config), "--log-level", "debug")
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(line(INIT) + line({"jsonrpc": "2.0", "id": 2, "method": "session/create",
+                                            "params": {"initial_turn": "defer"}}))
+        proc.stdin.flush()
+        assert [m["id"] for m in read_lines(proc, 2)] == [1, 2]
+        deadline = time.monotonic() + 20
+        while '"provider_prepared"' not in (tmp_path / "stderr.log").read_text():
+            assert time.monotonic() < deadline, "the default provider was never prepared"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    prepared = [json.loads(s) for s in (tmp_path / "stderr.log").read_text().splitlines() if "provider_prepared" in s]
+    assert [p["provider"] for p in prepared] == ["local"]
