@@ -122,6 +122,8 @@ async def test_session_create_runs_its_first_turn_and_filters_by_type(client: Cl
         assert isinstance(made, RunResult) and made.text == "echo: hello"
         with anyio.fail_after(WAIT_S):
             end = await ends.__anext__()
+    # turn_started carries the same ids: only the type shows that the filter worked.
+    assert isinstance(end.event, TurnCompleted)
     assert end.session_id == made.session_id and end.turn_id == made.turn_id
 
 
