@@ -35,7 +35,6 @@ log = get_logger("warren.app")
 class Options(msgspec.Struct):
     db: Path | None
     max_line_bytes: int
-    config: Path | None = None
     busy_timeout_ms: int = 5000
     shutdown_grace_s: float = 5.0
     keep_delta_turns: int | None = None

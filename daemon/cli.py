@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from .store.db import default_db_path
 
     db = None if args["ephemeral"] else (args["db"] or default_db_path())
-    options = Options(db=db, max_line_bytes=args["max_line_bytes"], config=args["config"],
+    options = Options(db=db, max_line_bytes=args["max_line_bytes"],
                       busy_timeout_ms=args["busy_timeout_ms"], shutdown_grace_s=args["shutdown_grace_s"],
                       keep_delta_turns=args["keep_delta_turns"], coalesce_after_lines=args["coalesce_after_lines"],
                       frontend=args["command"])
