@@ -12,8 +12,6 @@ the same way for every provider. The cache parts are also reported separately.
 
 from __future__ import annotations
 
-import base64
-
 from contextlib import aclosing
 
 from typing import Any, AsyncIterator
@@ -40,6 +38,7 @@ from warren.daemon.providers.http import (
     Redactor,
     decode_event_json,
     error_from_payload,
+    image_base64,
     with_missing_tool_results,
 )
 from warren.protocol.types import ImageBlock, Message, ReasoningBlock, TextBlock, ToolResultBlock, ToolUseBlock, Usage
@@ -150,8 +149,8 @@ def to_anthropic_messages(
 
 
 def _image(block: ImageBlock, images: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
-    mime, data = images.get(block.sha256, (block.mime_type, b""))
-    return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": base64.b64encode(data).decode()}}
+    mime, data = image_base64(block, images)
+    return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
 
 
 def _convert(message: Message, images: dict[str, tuple[str, bytes]]) -> tuple[str, list[dict[str, Any]]]:

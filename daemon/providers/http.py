@@ -18,6 +18,7 @@ used.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import re
 import time
@@ -32,7 +33,7 @@ from warren.daemon.config import ProviderConfig
 from warren.daemon.providers import wire
 from warren.daemon.providers.base import ProviderError, RetryPolicy
 from warren.daemon.providers.wire import ServerSentEvent
-from warren.protocol.types import Message, ToolResultBlock, ToolUseBlock
+from warren.protocol.types import ImageBlock, Message, ToolResultBlock, ToolUseBlock
 
 if TYPE_CHECKING:
     from warren.daemon.providers.base import Delta, Provider
@@ -519,6 +520,13 @@ async def _read_limited(response: wire.Response) -> bytes:
     cut off, even inside an echoed secret: quote it only through ``Redactor.clip`` with
     ``complete=False``."""
     return await response.read(ERROR_BODY_LIMIT)
+
+
+def image_base64(block: ImageBlock, images: Mapping[str, tuple[str, bytes]]) -> tuple[str, str]:
+    """The MIME type and base64 data of an image a message names, from the request's
+    ``images`` (sha256 -> (mime type, bytes)); empty data when the request lacks it."""
+    mime, data = images.get(block.sha256, (block.mime_type, b""))
+    return mime, base64.b64encode(data).decode()
 
 
 MISSING_TOOL_RESULT = "No result was recorded for this tool call."

@@ -27,8 +27,6 @@ Compatibility choices, each because real servers differ from api.openai.com:
 
 from __future__ import annotations
 
-import base64
-
 from contextlib import aclosing
 
 import uuid
@@ -57,6 +55,7 @@ from warren.daemon.providers.http import (
     decode_event_json,
     error_from_payload,
     error_from_response,
+    image_base64,
     with_missing_tool_results,
 )
 from warren.protocol.types import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
@@ -165,8 +164,8 @@ class OpenAIProvider(HTTPProvider):
 
 
 def _image_part(block: ImageBlock, images: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
-    mime, data = images.get(block.sha256, (block.mime_type, b""))
-    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{base64.b64encode(data).decode()}"}}
+    mime, data = image_base64(block, images)
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
 
 
 def to_openai_messages(
