@@ -21,8 +21,8 @@ READ_SIZE = 1 << 16
 _GONE = (errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.EIO)
 
 
-class FdReceiveStream(anyio.abc.ByteReceiveStream):
-    """Bytes from a readable pipe descriptor; ``EndOfStream`` once the writer closed it."""
+class _FdStream:
+    """What both directions share: the descriptor, put in non-blocking mode and owned."""
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -31,6 +31,16 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
 
     def fileno(self) -> int:
         return self._fd
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self._fd)  # wake a task still waiting in receive() / send()
+            os.close(self._fd)
+
+
+class FdReceiveStream(_FdStream, anyio.abc.ByteReceiveStream):
+    """Bytes from a readable pipe descriptor; ``EndOfStream`` once the writer closed it."""
 
     async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
         while True:
@@ -49,23 +59,9 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
                 raise anyio.EndOfStream
             return data
 
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            anyio.notify_closing(self._fd)  # wake a task still waiting in receive()
-            os.close(self._fd)
 
-
-class FdSendStream(anyio.abc.ByteSendStream):
+class FdSendStream(_FdStream, anyio.abc.ByteSendStream):
     """Bytes to a writable pipe descriptor; ``BrokenResourceError`` once the reader is gone."""
-
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self._fd = fd
-        self._closed = False
-
-    def fileno(self) -> int:
-        return self._fd
 
     async def send(self, item: bytes) -> None:
         view = memoryview(item)
@@ -82,9 +78,3 @@ class FdSendStream(anyio.abc.ByteSendStream):
                     raise anyio.BrokenResourceError from exc
                 raise
             view = view[written:]
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            anyio.notify_closing(self._fd)
-            os.close(self._fd)
