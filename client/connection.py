@@ -20,7 +20,6 @@ from typing import Any, Awaitable, Callable, Literal
 
 import anyio
 import anyio.abc
-import msgspec
 
 from warren.protocol import jsonrpc
 from warren.protocol.errors import ErrorObject, error_object
@@ -358,7 +357,7 @@ class Connection:
         """Answer a request from the daemon by hand (see ``unhandled_requests="leave"``):
         with ``error`` (a JSON-RPC error object) when given, else with ``result``."""
         if error is not None:
-            await self._write(msgspec.json.encode({"jsonrpc": "2.0", "id": request_id, "error": error}) + b"\n")
+            await self._write(jsonrpc.encode_error(request_id, error))  # a dict encodes as an ErrorObject does
         else:
             await self._write(jsonrpc.encode_result(request_id, result))
 
