@@ -84,6 +84,12 @@ def parse_line(line: bytes) -> Message | Batch:
     return classify(value)
 
 
+def is_request_id(value: Any) -> bool:
+    """Only a string or an integer can name a request (``true`` or ``1.0`` must not name
+    request ``1``, and a list would not even hash)."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def _invalid(id_: Id, why: str) -> Invalid:
     return Invalid(id_, error_object("INVALID_REQUEST", f"Invalid request: {why}"))
 
@@ -93,9 +99,7 @@ def classify(value: Any) -> Message:
     if not isinstance(value, dict):
         return _invalid(None, "expected a JSON object")
     raw_id = value.get("id", ABSENT)
-    if raw_id is ABSENT or raw_id is None or isinstance(raw_id, str) or (
-        isinstance(raw_id, int) and not isinstance(raw_id, bool)
-    ):
+    if raw_id is ABSENT or raw_id is None or is_request_id(raw_id):
         id_: Id = None if raw_id is ABSENT else raw_id
     else:
         return _invalid(None, "id must be a string, an integer or null")

@@ -13,15 +13,10 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from .errors import ErrorObject, error_object
+from .jsonrpc import is_request_id
 
 Token = TypeVar("Token")
 Waiter = TypeVar("Waiter")
-
-
-def is_request_id(value: Any) -> bool:
-    """Only a string or an integer can name a request (``true`` or ``1.0`` must not name
-    request ``1``, and a list would not even hash)."""
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 class PeerState(Generic[Token, Waiter]):
