@@ -27,6 +27,7 @@ import msgspec
 import pytest
 
 from warren.daemon.mcp import McpCallResult, McpError, McpManager, McpServerSpec, McpTool
+from warren.daemon.core.tools import mcp_tool_name
 from warren.daemon.mcp.content import to_call_result
 from tests.fakes.mcp_http_fake import FakeMcpHttp
 
@@ -194,7 +195,7 @@ async def test_lists_tools_with_names_and_schemas(shared: tuple[McpManager, Line
     by_name = {t.name: t for t in tools}
     assert {"echo", "slow", "boom", "image", "add_tool"} <= set(by_name)
     echo = by_name["echo"]
-    assert isinstance(echo, McpTool) and echo.server == "fake" and echo.qualified_name == "fake__echo"
+    assert isinstance(echo, McpTool) and echo.server == "fake" and mcp_tool_name(echo.server, echo.name) == "fake__echo"
     assert echo.description == "Echo the text back."
     assert echo.input_schema["type"] == "object"
     assert echo.input_schema["properties"]["text"]["type"] == "string"

@@ -58,15 +58,13 @@ class McpServerSpec(msgspec.Struct, frozen=True):
 
 
 class McpTool(msgspec.Struct):
+    """One tool of a server, as it listed it (the model sees it under
+    ``core.tools.mcp_tool_name(server, name)``)."""
+
     server: str
     name: str
     description: str
     input_schema: dict[str, Any]
-
-    @property
-    def qualified_name(self) -> str:
-        """The name the model sees: ``SERVER__TOOL``."""
-        return f"{self.server}__{self.name}"
 
 
 class McpCallResult(msgspec.Struct):
