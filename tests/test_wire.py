@@ -203,6 +203,9 @@ async def test_request_on_a_connection_dropped_unnoticed_is_sent_again(serve: Ca
     assert (await fetch(c, server.url()))[2] == b"ok"
     assert (await fetch(c, server.url()))[2] == b"yes"
     assert server.connections == 2
+    # The second request went out on the reused connection first (without pooling it would
+    # have gone out once, on a new one, and this test would prove nothing).
+    assert len(server.heads) == 3
     await c.aclose()
 
 
