@@ -179,10 +179,11 @@ def _components_refs(value: Any) -> Any:
     return value
 
 
-def openrpc(version: str = "0.1.0") -> Schema:
+def openrpc(version: str = "0.1.0", combined: Schema | None = None) -> Schema:
     """The OpenRPC 1.3 document of every method (what ``rpc.discover`` answers), from the
-    same types as the JSON Schemas: params by name, one ``contentDescriptor`` a field."""
-    combined = _combined()
+    same types as the JSON Schemas: params by name, one ``contentDescriptor`` a field.
+    ``combined``: ``_combined()``, when the caller has it already (it is not modified)."""
+    combined = _combined() if combined is None else combined
     defs = _components_refs(combined["$defs"])
     methods = []
     for name, method in combined["methods"].items():
@@ -226,7 +227,7 @@ def generate() -> dict[str, Schema]:
         out[f"server_requests/{stem}.result.json"] = _document(f"{name} result (client to daemon)", spec.result)
     out["error.json"] = _document("JSON-RPC error object", (ErrorObject,))
     out[COMBINED] = _combined()
-    out["openrpc.json"] = openrpc()
+    out["openrpc.json"] = openrpc(combined=out[COMBINED])
     return dict(sorted(out.items()))
 
 
@@ -250,14 +251,23 @@ def _existing(root: Path) -> set[str]:
     return {p for p in found if not p.startswith(FOREIGN)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def cli_args(argv: list[str] | None, usage: str) -> tuple[Path, bool] | None:
+    """A generator's command line, ``TARGET [--check]``: the target and whether to only
+    check it; None (after printing ``usage``) when it is not that."""
     args = list(sys.argv[1:] if argv is None else argv)
     check = "--check" in args
     args = [a for a in args if a != "--check"]
     if len(args) != 1:
-        print("usage: python -m warren.protocol.schema OUT_DIR [--check]", file=sys.stderr)
+        print(f"usage: {usage} [--check]", file=sys.stderr)
+        return None
+    return Path(args[0]), check
+
+
+def main(argv: list[str] | None = None) -> int:
+    parsed = cli_args(argv, "python -m warren.protocol.schema OUT_DIR")
+    if parsed is None:
         return 2
-    root = Path(args[0])
+    root, check = parsed
     wanted = {path: render(schema) for path, schema in generate().items()}
     present = _existing(root)
     stale = sorted(p for p, text in wanted.items() if p not in present or (root / p).read_text("utf-8") != text)

@@ -28,14 +28,13 @@ import json
 import re
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 from . import PROTOCOL_VERSION
 from .errors import CODES
 from .events import EVENT_TYPES, event_type_name
 from .methods import CLIENT_NOTIFICATIONS, METHODS, SERVER_REQUESTS
-from .schema import DEFS, _combined
+from .schema import DEFS, _combined, cli_args
 from .types import MAX_SAFE_INT
 
 #: Where ``make schemas`` writes the declarations, relative to the repository.
@@ -411,13 +410,10 @@ export type RequestFunction = <M extends MethodName>(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    check = "--check" in args
-    args = [a for a in args if a != "--check"]
-    if len(args) != 1:
-        print("usage: python -m warren.protocol.typescript OUT_FILE.d.ts [--check]", file=sys.stderr)
+    parsed = cli_args(argv, "python -m warren.protocol.typescript OUT_FILE.d.ts")
+    if parsed is None:
         return 2
-    target = Path(args[0])
+    target, check = parsed
     wanted = render()
     current = target.read_text("utf-8") if target.is_file() else None
     if check:
