@@ -108,25 +108,25 @@ class ProviderRegistry:
 
     def get(self, name: str) -> Provider:
         provider = self._instances.get(name)
-        if provider is not None:
-            return provider
+        if provider is None:
+            provider = self._instances[name] = self._build(name)
+        return provider
+
+    def _build(self, name: str) -> Provider:
         if name == SCRIPTED:
             from .scripted import ScriptedProvider
 
-            provider = ScriptedProvider()
-        else:
-            self._check_config(name)
-            try:
-                config = self.config.provider(name)
-            except ConfigError as exc:
-                raise errors.FailedWithData(
-                    f"Provider {name!r} is no longer configured: {exc.message}", exc.details
-                ) from None
-            from .http import build_provider
+            return ScriptedProvider()
+        self._check_config(name)
+        try:
+            config = self.config.provider(name)
+        except ConfigError as exc:
+            raise errors.FailedWithData(
+                f"Provider {name!r} is no longer configured: {exc.message}", exc.details
+            ) from None
+        from .http import build_provider
 
-            provider = build_provider(config)
-        self._instances[name] = provider
-        return provider
+        return build_provider(config)
 
     def prepare_default(self) -> tuple[str, Provider] | None:
         """Build the provider a new session would get, with its one-off work done (imports
@@ -137,14 +137,11 @@ class ProviderRegistry:
             return None
         try:
             name = resolve_provider(self.config, None)
-            config = self.config.provider(name)
         except ConfigError:
             return None
         if name == SCRIPTED or name in self._instances:
             return None
-        from .http import build_provider
-
-        provider = build_provider(config)
+        provider = self._build(name)
         warm = getattr(provider, "warm", None)
         if warm is not None:
             warm()
