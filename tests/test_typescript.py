@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from warren.protocol.events import EVENT_TYPES, event_type_name
-from warren.protocol.methods import METHODS
+from warren.protocol.methods import CLIENT_NOTIFICATIONS, METHODS, SERVER_REQUESTS
 from warren.protocol.typescript import OUTPUT, main, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +48,10 @@ def test_check_mode_reports_a_stale_file(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_every_method_and_event_is_declared() -> None:
     text = render()
-    for name in METHODS:
+    for name in [*METHODS, *SERVER_REQUESTS]:
         assert re.search(rf'^  "{re.escape(name)}": \{{\n    params: \w+;\n    result: [\w| ]+;', text, re.M), name
+    for name in [*CLIENT_NOTIFICATIONS, "session/event"]:
+        assert re.search(rf'^  "{re.escape(name)}": \w+;$', text, re.M), name
     for cls in EVENT_TYPES:
         assert f"  {event_type_name(cls)}: {cls.__name__};" in text
         assert f'export interface {cls.__name__} {{\n  type: "{event_type_name(cls)}";' in text
