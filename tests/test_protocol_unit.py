@@ -7,11 +7,13 @@ that the transport tests (test_transport.py) observe end to end.
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import pytest
 
 from warren.protocol import jsonrpc
 from warren.protocol.errors import CODES, INVALID_REQUEST, PARSE_ERROR, error_object
+from warren.protocol.events import DELTA_TYPES, EVENT_TYPES, EventTypeName, event_type_name
 from warren.protocol.framing import LineBuffer, Oversized
 from warren.protocol.jsonrpc import ABSENT, Batch, Invalid, Notification, Request, Response, classify, parse_line
 from warren.protocol.types import InitializeParams, SessionListParams, StageToolResultsParams, TurnStartParams
@@ -342,3 +344,13 @@ def test_split_message() -> None:
     assert split_message("Expected `int`, got `str` - at `$.limit`") == ("Expected `int`, got `str`", "$.limit")
     assert split_message("Expected `int`, got `str` - at `$[0].a`") == ("Expected `int`, got `str`", "$[0].a")
     assert split_message("Object missing required field `x`") == ("Object missing required field `x`", "$")
+
+
+# ---------------------------------------------------------------- events
+
+
+def test_the_types_filter_names_every_event_type_and_nothing_else() -> None:
+    """``EventTypeName`` is written out for type checkers; it must follow ``AnyEvent``, or a
+    new event could not be filtered for (and TypeScript's ``EventType`` would not name it)."""
+    assert get_args(EventTypeName) == tuple(event_type_name(cls) for cls in EVENT_TYPES)
+    assert DELTA_TYPES <= set(get_args(EventTypeName))
