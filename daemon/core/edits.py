@@ -58,6 +58,11 @@ def _hash(value: Any) -> str:
     return hashlib.sha256(_result_encoder.encode(value)).hexdigest()
 
 
+def params_hash(params: msgspec.Struct) -> str:
+    """What an idempotency key is checked against: the request's params without the key."""
+    return _hash(msgspec.structs.replace(params, idempotency_key=None))  # type: ignore[call-arg]
+
+
 async def _messages(
     db: Any, inputs: list[MessageInput], first_index: int, now: int, path: str, *, single: bool = False
 ) -> list[Message]:
@@ -96,6 +101,16 @@ def _invalid(problems: list[Problem]) -> errors.InvalidRequest:
     return errors.InvalidRequest("Invalid params: " + problems[0]["message"] + f" (at {problems[0]['path']})", problems)
 
 
+def _fit(calls: Calls, messages: list[Message], path: str, *, single: bool = False) -> None:
+    """Carry ``calls`` over an edit's new messages, refusing them if any does not fit.
+    ``path``: where the list (or, ``single``, the one message) is."""
+    problems: list[Problem] = []
+    for i, m in enumerate(messages):
+        problems += calls.take(m, path if single else f"{path}[{i}]")
+    if problems:
+        raise _invalid(problems)
+
+
 async def _calls_at(db: Any, path: Path, index: int) -> Calls:
     """The unanswered tool calls before message ``index``: from the last user or assistant
     message before it, read backwards a window at a time."""
@@ -130,16 +145,18 @@ async def _check_tail(db: Any, path: Path, start: int, calls: Calls, where: str)
     return [], calls
 
 
-async def _settle(db: Any, session_id: str, path: Path, pending: Calls | None) -> None:
+async def _settle(db: Any, row: sessions.SessionRow, path: Path, pending: Calls | None) -> None:
     """Bring what hangs off the transcript in line with it: the pending tool calls (a
     transcript ending in unanswered calls has them pending, as in the staged flow), the
     system-context keys it holds, the last assistant text, and the last compaction (dropped
-    when the transcript no longer holds its summary: the model then sees every message)."""
-    row = await sessions.get_session(db, session_id)
-    if row is not None and row.compaction_summary is not None:
+    when the transcript no longer holds its summary: the model then sees every message).
+    ``row``: the session's row as the unit read (or, for a fork, wrote) it."""
+    session_id = row.session_id
+    fields: dict[str, Any] = {}
+    if row.compaction_summary is not None:
         where = await transcripts.find(db, row.compaction_summary)
         if where is None or path.index_of(*where) is None:
-            await sessions.update_session(db, session_id, compaction_summary=None, compaction_keep_from=None)
+            fields.update(compaction_summary=None, compaction_keep_from=None)
     if pending is not None:
         await staging.clear_tool_state(db, session_id)
         if pending.unanswered:
@@ -147,7 +164,7 @@ async def _settle(db: Any, session_id: str, path: Path, pending: Calls | None) -
     await staging.keep_context_keys(db, session_id, await transcripts.keyed(db, path))
     tail = await transcripts.read(db, path, max(0, path.count - WINDOW), WINDOW)
     last = next((text_of(m) for m in reversed(tail) if m.role == "assistant"), None)
-    await sessions.update_session(db, session_id, updated_at_ms=now_ms(), last_assistant_text=last)
+    await sessions.update_session(db, session_id, updated_at_ms=now_ms(), last_assistant_text=last, **fields)
 
 
 async def _compaction_boundary(db: Any, row: sessions.SessionRow, head: Path) -> int | None:
@@ -191,7 +208,7 @@ class TranscriptEditor:
     # ------------------------------------------------------------------ fork
 
     async def fork(self, p: ForkParams) -> ForkResult:
-        key_hash = _hash(msgspec.structs.replace(p, idempotency_key=None)) if p.idempotency_key else None
+        key_hash = params_hash(p) if p.idempotency_key else None
 
         async def unit(db: Any, events: list[Numbered]) -> ForkResult:
             if p.idempotency_key is not None:
@@ -215,9 +232,7 @@ class TranscriptEditor:
             calls = await _calls_at(db, head, index)
             if p.replacement is not None:
                 replacement = await _messages(db, [p.replacement], index, now, "$.replacement", single=True)
-                problems = calls.take(replacement[0], "$.replacement")
-                if problems:
-                    raise _invalid(problems)
+                _fit(calls, replacement, "$.replacement", single=True)
             row = msgspec.structs.replace(
                 source, session_id=session_id, created_at_ms=now, updated_at_ms=now, archived=False,
                 message_count=0, usage=Usage.zero(), last_assistant_text=None, staged_prompt=None, next_seq=1,
@@ -231,7 +246,7 @@ class TranscriptEditor:
                 path = transcripts.joined(pieces, [await transcripts.new_segment(db, session_id, replacement)])
             await transcripts.set_head(db, session_id, path)
             await revisions.record(db, session_id, "fork", head, path, now)
-            await _settle(db, session_id, path, calls)
+            await _settle(db, row, path, calls)
             events += await self.bus.append(
                 db, session_id, [TranscriptChanged("fork", path.revision, path.count, head.revision)]
             )
@@ -263,11 +278,7 @@ class TranscriptEditor:
             now = now_ms()
             replacement = await _messages(db, p.replacement, p.start, now, "$.replacement")
             calls = await _calls_at(db, head, p.start)
-            problems: list[Problem] = []
-            for i, m in enumerate(replacement):
-                problems += calls.take(m, f"$.replacement[{i}]")
-            if problems:
-                raise _invalid(problems)
+            _fit(calls, replacement, "$.replacement")
             problems, pending = await _check_tail(db, head, p.end, calls, "$.end")
             if problems:
                 raise _invalid(problems)
@@ -276,14 +287,14 @@ class TranscriptEditor:
                 parts.append([await transcripts.new_segment(db, p.session_id, replacement)])
             parts.append(await transcripts.cut(db, head, p.end, head.count))
             path = transcripts.joined(*parts)
-            return await self._commit(db, events, p.session_id, "rewrite", head, path, pending, p.reason, p.actor, now)
+            return await self._commit(db, events, row, "rewrite", head, path, pending, p.reason, p.actor, now)
 
         result: EditResult = await self._write(unit)
         return result
 
     async def restore(self, p: RestoreParams) -> EditResult:
         async def unit(db: Any, events: list[Numbered]) -> EditResult:
-            _row, head = await self._editable(db, p.session_id, p.expected_revision, "restore it between turns")
+            row, head = await self._editable(db, p.session_id, p.expected_revision, "restore it between turns")
             if p.revision == head.revision:
                 raise errors.FailedWithData(
                     "That revision is already the head: nothing to restore",
@@ -293,19 +304,19 @@ class TranscriptEditor:
             if path is None:
                 raise _not_retained(p.session_id, p.revision)
             pending = await _calls_at(db, path, path.count)
-            return await self._commit(db, events, p.session_id, "restore", head, path, pending, p.reason, p.actor,
-                                      now_ms())
+            return await self._commit(db, events, row, "restore", head, path, pending, p.reason, p.actor, now_ms())
 
         result: EditResult = await self._write(unit)
         return result
 
     async def _commit(
-        self, db: Any, events: list[Numbered], session_id: str, kind: str, head: Path, path: Path,
+        self, db: Any, events: list[Numbered], row: sessions.SessionRow, kind: str, head: Path, path: Path,
         pending: Calls | None, reason: Any, actor: str | None, now: int,
     ) -> EditResult:
+        session_id = row.session_id
         await transcripts.set_head(db, session_id, path)
         await revisions.record(db, session_id, kind, head, path, now, reason, actor)
-        await _settle(db, session_id, path, pending)
+        await _settle(db, row, path, pending)
         events += await self.bus.append(
             db, session_id, [TranscriptChanged(kind, path.revision, path.count, head.revision)]  # type: ignore[arg-type]
         )
@@ -314,13 +325,13 @@ class TranscriptEditor:
     # ------------------------------------------------------------------ append
 
     async def append(self, p: AppendParams) -> AppendResult:
-        params_hash = _hash(p.messages)
+        messages_hash = _hash(p.messages)
 
         async def unit(db: Any, events: list[Numbered]) -> AppendResult:
             row, head = await self._editable(db, p.session_id, None, "append between turns")
             first = await staging.append_op(db, p.session_id, p.operation_id)
             if first is not None:
-                if first[0] != params_hash:
+                if first[0] != messages_hash:
                     done = msgspec.json.decode(first[1], type=AppendResult)
                     raise errors.IdempotencyConflict(p.operation_id, done.message_ids[0], "message")
                 return msgspec.structs.replace(msgspec.json.decode(first[1], type=AppendResult), status="duplicate")
@@ -331,18 +342,14 @@ class TranscriptEditor:
             now = now_ms()
             new = await _messages(db, p.messages, head.count, now, "$.messages")
             calls = await _calls_at(db, head, head.count)
-            problems: list[Problem] = []
-            for i, m in enumerate(new):
-                problems += calls.take(m, f"$.messages[{i}]")
-            if problems:
-                raise _invalid(problems)
+            _fit(calls, new, "$.messages")
             path = await transcripts.append(db, p.session_id, new, head)
-            await _settle(db, p.session_id, path, calls)
+            await _settle(db, row, path, calls)
             events += await self.bus.append(
                 db, p.session_id, [TranscriptChanged("append", path.revision, path.count, head.revision)]
             )
             result = AppendResult("appended", [m.message_id for m in new], path.revision, path.count)
-            await staging.remember_append_op(db, p.session_id, p.operation_id, params_hash,
+            await staging.remember_append_op(db, p.session_id, p.operation_id, messages_hash,
                                              _result_encoder.encode(result).decode())
             return result
 

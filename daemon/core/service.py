@@ -9,7 +9,6 @@ for every session, and at any later claim for that session.
 from __future__ import annotations
 
 import base64
-import hashlib
 from typing import Any, Awaitable, Callable
 
 import anyio
@@ -70,7 +69,7 @@ from ..logs import get_logger
 from ..providers import ProviderRegistry
 from ..store import Store, blobs, sessions, staging, transcripts, turns as turn_rows
 from . import images, structured
-from .edits import TranscriptEditor
+from .edits import TranscriptEditor, params_hash
 from .events import EventBus, Numbered, Sink
 from .tools import ClientChannel, McpManagerLike, check_mcp_servers, check_tool_defs, mcp_spec
 from .turns import Turn, TurnSetup
@@ -87,12 +86,6 @@ async def _live_row(db: Any, session_id: str) -> sessions.SessionRow:
     if row.archived:
         raise errors.NotFound(session_id, archived=True)
     return row
-
-
-def params_hash(params: msgspec.Struct) -> str:
-    """What an idempotency key is checked against: the request's params without the key."""
-    without_key = msgspec.structs.replace(params, idempotency_key=None)  # type: ignore[call-arg]
-    return hashlib.sha256(msgspec.json.encode(without_key)).hexdigest()
 
 
 class _KeyTaken(Exception):
