@@ -5,11 +5,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
@@ -17,6 +15,7 @@ from referencing.jsonschema import DRAFT7
 from warren.protocol.methods import METHODS
 from warren.protocol.schema import openrpc, render
 from tests.daemon_client import Daemon
+from tests.test_typescript import node_with_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED_IN = ROOT / "schemas" / "openrpc.json"
@@ -24,14 +23,8 @@ META = ROOT / "tests" / "acp_ts" / "node_modules" / "@open-rpc" / "meta-schema"
 
 
 def meta_schema() -> dict:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: the OpenRPC meta-schema comes from its npm package")
-    if not META.is_dir():
-        if shutil.which("npm") is None:
-            pytest.skip("npm is not installed: cannot install @open-rpc/meta-schema")
-        subprocess.run(["npm", "ci", "--prefix", str(META.parents[2]), "--no-audit", "--no-fund"],
-                       check=True, capture_output=True, timeout=300)
-    out = subprocess.run(["node", "-e", f"process.stdout.write(JSON.stringify(require({str(META)!r}).openrpcDocument))"],
+    node = node_with_packages(META)  # the npm package; installed once, with tsc's
+    out = subprocess.run([node, "-e", f"process.stdout.write(JSON.stringify(require({str(META)!r}).openrpcDocument))"],
                          check=True, capture_output=True, text=True, timeout=60)
     return json.loads(out.stdout)
 

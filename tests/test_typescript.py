@@ -4,7 +4,8 @@ plugin's use of it, whose ``@ts-expect-error`` lines must fail) and reports exac
 marked in tests/typescript/rejected.ts.
 
 ``tsc`` is the ``typescript`` devDependency of tests/acp_ts (installed by ``make test``'s
-``npm ci``; run alone, this module installs it). Skips only when ``node`` or ``npm`` is missing.
+``npm ci``; run alone, this module installs it). Skips only when ``node`` is missing (or
+``npm``, when tsc is not installed yet).
 """
 
 from __future__ import annotations
@@ -59,18 +60,27 @@ def test_every_method_and_event_is_declared() -> None:
     assert not re.search(r"[:|<(,] *any\b", text)  # unknown, never any
 
 
-def _tsc() -> list[str]:
-    if NODE is None or NPM is None:
-        pytest.skip("the TypeScript check needs Node.js: `node` and `npm` are not on PATH")
-    if not TSC.is_file():
-        with open(Path(tempfile.gettempdir()) / "warren-acp-ts-npm-ci.lock", "w") as lock:  # xdist workers: one install
+def node_with_packages(marker: Path) -> str:
+    """``node``, once ``marker`` (a file or folder of tests/acp_ts/node_modules) exists: ``make
+    test`` installed it, or one ``npm ci`` does, under a lock (xdist workers, and
+    tests/test_openrpc.py, which needs the same packages). Skips only without Node.js."""
+    if NODE is None:
+        pytest.skip("this check needs Node.js: `node` is not on PATH")
+    if not marker.exists():
+        if NPM is None:
+            pytest.skip(f"npm is not on PATH: cannot install {TS_DIR}'s packages")
+        with open(Path(tempfile.gettempdir()) / "warren-acp-ts-npm-ci.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not TSC.is_file():
+            if not marker.exists():
                 done = subprocess.run([NPM, "ci", "--prefix", str(TS_DIR), "--no-audit", "--no-fund"],
                                       capture_output=True, text=True, timeout=300)
-                if done.returncode != 0 or not TSC.is_file():
+                if done.returncode != 0 or not marker.exists():
                     pytest.fail(f"npm ci --prefix {TS_DIR} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return [NODE, str(TSC)]
+    return NODE
+
+
+def _tsc() -> list[str]:
+    return [node_with_packages(TSC), str(TSC)]
 
 
 def test_tsc_accepts_usage_and_reports_exactly_the_marked_errors() -> None:
