@@ -19,9 +19,8 @@ METHOD_CANCEL_REQUEST = "$/cancel_request"
 NOTIFY_UPDATE = "session/update"
 REQUEST_PERMISSION = "session/request_permission"
 
-#: ACP's error codes; Warren's structured ``data`` rides along unchanged.
+#: ACP's error code for an unknown session; Warren's structured ``data`` rides along unchanged.
 RESOURCE_NOT_FOUND = -32002
-AUTH_REQUIRED = -32000
 
 
 def negotiate(requested: int) -> int:

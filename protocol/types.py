@@ -76,8 +76,6 @@ class ToolUseBlock(Struct, tag_field="type", tag="tool_use"):
     arguments: dict[str, Any]
 
 
-
-
 class ImageBlock(Struct, tag_field="type", tag="image"):
     """An image in history: stored once per content hash; ``session/blob`` gives its bytes."""
 
