@@ -17,6 +17,7 @@ import msgspec
 
 from warren.protocol.events import DELTA_TYPES
 
+
 class EventRow(msgspec.Struct):
     session_id: str
     seq: int
@@ -57,6 +58,9 @@ def expand(row: EventRow) -> Iterator[tuple[int, int, bytes]]:
 
 
 _COLUMNS = "session_id, seq, seq_last, turn_id, type, timestamp_ms, body"
+#: The delta types, and as many placeholders (derived: adding a delta type needs no SQL edit).
+_DELTA_KINDS = tuple(sorted(DELTA_TYPES))
+_DELTA_MARKS = ", ".join("?" * len(_DELTA_KINDS))
 
 
 def _row(r: Any) -> EventRow:
@@ -114,11 +118,9 @@ async def trim_deltas(db: Any, session_id: str, keep_turns: int) -> None:
         return
     turn_ids = [r[0] for r in old]
     marks = ", ".join("?" * len(turn_ids))
-    kinds = tuple(sorted(DELTA_TYPES))
-    top = await db.execute_fetchall(
-        f"SELECT max(seq_last) FROM events WHERE turn_id IN ({marks}) AND type IN (?, ?)", (*turn_ids, *kinds)
-    )
-    await db.execute(f"DELETE FROM events WHERE turn_id IN ({marks}) AND type IN (?, ?)", (*turn_ids, *kinds))
+    deltas = f"turn_id IN ({marks}) AND type IN ({_DELTA_MARKS})"
+    top = await db.execute_fetchall(f"SELECT max(seq_last) FROM events WHERE {deltas}", (*turn_ids, *_DELTA_KINDS))
+    await db.execute(f"DELETE FROM events WHERE {deltas}", (*turn_ids, *_DELTA_KINDS))
     await db.execute(f"UPDATE turns SET deltas_trimmed = 1 WHERE turn_id IN ({marks})", turn_ids)
     if top and top[0][0] is not None:
         await db.execute(
