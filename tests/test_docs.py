@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,13 @@ def example_lines() -> list[tuple[str, str]]:
     return out
 
 
+@lru_cache(maxsize=None)
+def validator(path: str) -> Draft202012Validator:
+    return Draft202012Validator(generate()[path])
+
+
 def check(path: str, instance: Any, line: str) -> None:
-    errors = list(Draft202012Validator(generate()[path]).iter_errors(instance))
+    errors = list(validator(path).iter_errors(instance))
     assert not errors, f"example line does not match schemas/{path}: {errors[0].message}\n{line}"
 
 

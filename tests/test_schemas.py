@@ -79,7 +79,7 @@ def test_generation_is_deterministic_and_complete() -> None:
 # ---------------------------------------------------------------- (b) valid JSON Schema
 
 
-@pytest.mark.parametrize("path", sorted(p for p in generate() if p != "openrpc.json"))
+@pytest.mark.parametrize("path", sorted(p for p in generated() if p != "openrpc.json"))
 def test_every_schema_is_valid_json_schema(path: str) -> None:
     Draft202012Validator.check_schema(generated()[path])
 
