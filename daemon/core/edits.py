@@ -167,10 +167,11 @@ async def _settle(db: Any, row: sessions.SessionRow, path: Path, pending: Calls 
     await sessions.update_session(db, session_id, updated_at_ms=now_ms(), last_assistant_text=last, **fields)
 
 
-async def _compaction_boundary(db: Any, row: sessions.SessionRow, head: Path) -> int | None:
-    """The index of the first message the model still sees after the session's last
-    compaction (what came before is summarised), or None."""
-    marker = row.compaction_keep_from or row.compaction_summary
+async def compaction_boundary(db: Any, keep_from: str | None, summary: str | None, head: Path) -> int | None:
+    """The index in ``head`` of the first message the model still sees after the session's
+    last compaction (``keep_from``, else the ``summary`` message; what came before is
+    summarised), or None."""
+    marker = keep_from or summary
     if marker is None:
         return None
     where = await transcripts.find(db, marker)
@@ -264,7 +265,7 @@ class TranscriptEditor:
     async def rewrite(self, p: RewriteParams) -> EditResult:
         async def unit(db: Any, events: list[Numbered]) -> EditResult:
             row, head = await self._editable(db, p.session_id, p.expected_revision, "rewrite it between turns")
-            boundary = await _compaction_boundary(db, row, head)
+            boundary = await compaction_boundary(db, row.compaction_keep_from, row.compaction_summary, head)
             if boundary is not None and p.start < boundary:
                 raise errors.FailedWithData(
                     f"Messages before {boundary} were compacted: the model sees their summary, not them. "

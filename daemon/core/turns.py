@@ -68,6 +68,7 @@ from ..providers.base import STRUCTURED_OUTPUT
 from ..store import Store
 from . import budgets, images, structured, turn_state
 from .call_output import CallOutput
+from .edits import compaction_boundary
 from .context import KEEP_LAST, SUMMARY_PROMPT, SUMMARY_REQUEST, compaction_cut, estimate_tokens, for_provider, model_context
 from .turn_state import Next, State, TurnMachine
 from ..store import blobs as blob_rows
@@ -352,12 +353,7 @@ class Turn:
         path = await transcripts.head(db, self.session_id)
         if path is None:
             return None, [], {}
-        start = 0
-        marker = self.setup.compaction_keep_from or self.setup.compaction_summary
-        if marker is not None:
-            where = await transcripts.find(db, marker)
-            index = None if where is None else path.index_of(*where)
-            start = index if index is not None else 0
+        start = await compaction_boundary(db, self.setup.compaction_keep_from, self.setup.compaction_summary, path) or 0
         history = await transcripts.read(db, path, start, path.count - start)
         return path, history, await blob_rows.get_many(db, images.image_hashes(history))
 
