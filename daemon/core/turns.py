@@ -659,7 +659,7 @@ class Turn:
             events=events,
             end=None if stop is None else ("completed", stop),
             pending=calls if stop == "tool_use" else [],
-            last_text=output.text(),
+            last_text=self.last_text,
             steer=steer,
         )
 
