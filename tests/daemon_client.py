@@ -14,7 +14,6 @@ Every wait has a timeout, so a daemon bug fails a test instead of hanging the su
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
@@ -265,10 +264,9 @@ class Daemon:
         id_ = self.next_id() if id_ is None else id_
         with self._cond:
             self._responses.pop(id_, None)  # an earlier answer to a reused id is not this one's
-        send = functools.partial(self.conn.send_request, request_id=id_)
 
         async def send_and_keep() -> None:
-            pending = await send(method, _params_or_absent(params))
+            pending = await self.conn.send_request(method, _params_or_absent(params), request_id=id_)
             pending.add_done_callback(self._answered)
 
         self._run(send_and_keep)
