@@ -37,6 +37,7 @@ from warren.daemon import __version__
 from warren.daemon.logs import get_logger
 from warren.daemon.providers import wire
 from warren.daemon.transport.dispatch import Dispatcher
+from warren.daemon.transport.peer import Outbound, await_answer, wake_all
 from warren.protocol import jsonrpc
 from warren.protocol.peer import PeerState
 
@@ -61,17 +62,6 @@ _QUIET_FAILURES = {
 }
 
 
-class _Waiter:
-    __slots__ = ("done", "result", "error", "gone", "failure")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.result: Any = None
-        self.error: Any = None
-        self.gone = False
-        self.failure: Exception | None = None  # the POST failed: ServerGone or RequestFailed
-
-
 class HttpConnection:
     transport = "http"
     pid: int | None = None
@@ -88,7 +78,7 @@ class HttpConnection:
         self._client = client
         self._dispatcher = dispatcher
         self._tasks = tasks
-        self._state: PeerState[None, _Waiter] = PeerState()
+        self._state: PeerState[None, Outbound] = PeerState()
         self._redact = redactor(spec)
         self._lost: str | None = None
         self._listening = False
@@ -104,28 +94,20 @@ class HttpConnection:
         (so its connection goes back to the pool); the caller only waits for the answer."""
         if self.closed.is_set():
             raise ServerGone()
-        waiter = _Waiter()
+        waiter = Outbound()
         id_ = self._state.open_outbound(waiter)
         post = anyio.CancelScope()
         body = jsonrpc.encode_request(id_, method, params)
         self._tasks.start_soon(self._post_request, body, method, waiter, post)
-        answered = False
-        reason = "the call was interrupted"
-        try:
-            with anyio.fail_after(timeout_s):
-                await waiter.done.wait()
-            answered = True
-        except TimeoutError:
-            reason = f"no answer within {timeout_s:g} s"
-            raise
-        finally:
-            self._state.close_outbound(id_)
-            if not answered:
-                post.cancel()
-                if not self.closed.is_set() and method != "initialize":
-                    # In the background: an interrupted turn must not wait for this POST.
-                    note = jsonrpc.encode_notification("notifications/cancelled", {"requestId": id_, "reason": reason})
-                    self._tasks.start_soon(self._send_quietly, note)
+
+        def abandon(reason: str) -> None:
+            post.cancel()
+            if not self.closed.is_set() and method != "initialize":
+                # In the background: an interrupted turn must not wait for this POST.
+                note = jsonrpc.encode_notification("notifications/cancelled", {"requestId": id_, "reason": reason})
+                self._tasks.start_soon(self._send_quietly, note)
+
+        await await_answer(self._state, id_, waiter, timeout_s, abandon, interrupted="the call was interrupted")
         if waiter.failure is not None:
             raise waiter.failure
         if waiter.gone:
@@ -134,7 +116,7 @@ class HttpConnection:
             raise RequestFailed(self._redact(remote_error_text(waiter.error)))
         return waiter.result
 
-    async def _post_request(self, body: bytes, method: str, waiter: _Waiter, scope: anyio.CancelScope) -> None:
+    async def _post_request(self, body: bytes, method: str, waiter: Outbound, scope: anyio.CancelScope) -> None:
         completed = False
         try:
             with scope:
@@ -168,9 +150,7 @@ class HttpConnection:
         if self._lost is None:
             self._lost = why
         self.closed.set()
-        for waiter in self._state.waiters():
-            waiter.gone = True
-            waiter.done.set()
+        wake_all(self._state)
         return ServerGone()
 
     # ------------------------------------------------------------------ the wire
@@ -188,7 +168,7 @@ class HttpConnection:
     async def _post(
         self,
         body: bytes,
-        waiter: _Waiter | None = None,
+        waiter: Outbound | None = None,
         scope: anyio.CancelScope | None = None,
         *,
         initialize: bool = False,
@@ -227,7 +207,7 @@ class HttpConnection:
         except wire.HTTPError as exc:
             raise self._lose(f"cannot reach {self._where} ({self._exc_text(exc)})") from None
 
-    async def _error_status(self, response: wire.Response, waiter: _Waiter | None) -> None:
+    async def _error_status(self, response: wire.Response, waiter: Outbound | None) -> None:
         body = await response.read(ERROR_BODY_LIMIT)
         status = response.status_code
         # A JSON-RPC error in the body of an error status (a server may answer 400 for

@@ -111,11 +111,7 @@ class StdioConnection:
         except Exception as exc:  # noqa: BLE001 - a reader bug must still end the connection
             log.error("mcp_reader_failed", server=self.spec.name, exc_info=exc)
         finally:
-            # serve wakes the waiters at every normal end; after a reader bug too:
-            self.peer.client_gone = True
-            for waiter in self.peer.state.waiters():
-                waiter.gone = True
-                waiter.done.set()
+            self.peer.client_went_away()  # serve does at every normal end; after a reader bug too
             self.closed.set()
 
     async def _read_stderr(self) -> None:

@@ -40,16 +40,48 @@ class PeerError(Exception):
         self.error = error
 
 
-class _Outbound:
-    """A request we sent, waiting for its response."""
+class Outbound:
+    """A request we sent, waiting for its answer (``PeerState`` holds it by id). The MCP
+    client's HTTP transport uses it too: ``failure`` is its POST failing to carry it."""
 
-    __slots__ = ("done", "result", "error", "gone")
+    __slots__ = ("done", "result", "error", "gone", "failure")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.result: Any = None
         self.error: Any = None
         self.gone = False
+        self.failure: Exception | None = None
+
+
+def wake_all(state: PeerState[Any, Outbound]) -> None:
+    """Nobody will answer any more (the other side went away): wake every waiter, gone."""
+    for waiter in state.waiters():
+        waiter.gone = True
+        waiter.done.set()
+
+
+async def await_answer(state: PeerState[Any, Outbound], id_: Any, waiter: Outbound, timeout_s: float,
+                       on_abandon: Callable[[str], None], *, send: Awaitable[None] | None = None,
+                       interrupted: str = "the request was interrupted") -> None:
+    """Send request ``id_`` (``send``, if the transport sends it here) and wait for its
+    answer. On a timeout (re-raised as ``TimeoutError``) or a cancellation, the request is
+    forgotten and ``on_abandon(reason)`` tells the other side in the transport's way."""
+    answered = False
+    reason = interrupted
+    try:
+        if send is not None:
+            await send
+        with anyio.fail_after(timeout_s):
+            await waiter.done.wait()
+        answered = True
+    except TimeoutError:
+        reason = f"no answer within {timeout_s:g} s"
+        raise
+    finally:
+        state.close_outbound(id_)
+        if not answered:
+            on_abandon(reason)
 
 
 class Peer:
@@ -77,7 +109,7 @@ class Peer:
         self._on_invalid = on_invalid
         self.shutdown_grace_s = shutdown_grace_s
         self._on_first_line = on_first_line  # starts work deferred past start-up
-        self.state: PeerState[anyio.CancelScope, _Outbound] = PeerState()
+        self.state: PeerState[anyio.CancelScope, Outbound] = PeerState()
         self._stop_reading = anyio.CancelScope()
         self._tasks: anyio.abc.TaskGroup | None = None
         self._dispatcher: Dispatcher | None = None
@@ -91,23 +123,16 @@ class Peer:
         the cancel notification for it (unless not ``cancellable``: MCP's ``initialize``)."""
         if self.client_gone:
             raise PeerGone()
-        waiter = _Outbound()
+        waiter = Outbound()
         id_ = self.state.open_outbound(waiter)
-        answered = False
-        reason = "the request was interrupted"
-        try:
-            await self.writer.send(jsonrpc.encode_request(id_, method, params), direct=True)
-            with anyio.fail_after(timeout_s):
-                await waiter.done.wait()
-            answered = True
-        except TimeoutError:
-            reason = f"no answer within {timeout_s:g} s"
-            raise
-        finally:
-            self.state.close_outbound(id_)
-            if not answered and not self.client_gone and cancellable:
+
+        def abandon(reason: str) -> None:
+            if not self.client_gone and cancellable:
                 params = {self.cancel_field: id_, "reason": reason} if self.cancel_reason else {self.cancel_field: id_}
                 self.writer.send_nowait(jsonrpc.encode_notification(self.cancel_method, params))
+
+        await await_answer(self.state, id_, waiter, timeout_s, abandon,
+                           send=self.writer.send(jsonrpc.encode_request(id_, method, params), direct=True))
         if waiter.gone:
             raise PeerGone()
         if waiter.error is not None:
@@ -122,11 +147,10 @@ class Peer:
         waiter.result, waiter.error = response.result, response.error
         waiter.done.set()
 
-    def _client_went_away(self) -> None:
+    def client_went_away(self) -> None:
+        """Nobody will read our requests any more: every waiting one ends with ``PeerGone``."""
         self.client_gone = True
-        for waiter in self.state.waiters():
-            waiter.gone = True
-            waiter.done.set()
+        wake_all(self.state)
 
     # ------------------------------------------------------------------ serving
 
@@ -154,7 +178,7 @@ class Peer:
             tasks.start_soon(self._watch_writer)
             with self._stop_reading:
                 await self._read_loop(in_fd, buffer or LineBuffer(self.max_line_bytes), pending)
-            self._client_went_away()
+            self.client_went_away()
             self.writer.stop_backpressure()
             log.info("input_closed", inflight=self.state.inflight_count)
             if on_input_closed is not None:
