@@ -9,15 +9,41 @@ The judges are the official client SDKs (``tests/test_acp_python_sdk.py``,
 
 from __future__ import annotations
 
+import fcntl
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.daemon_client import ROOT, hermetic_env
 
 TS_DIR = ROOT / "tests" / "acp_ts"
+NODE, NPM = shutil.which("node"), shutil.which("npm")
+
+
+def node_with_packages(marker: Path) -> str:
+    """``node``, once ``marker`` (a file or folder of tests/acp_ts/node_modules) exists: ``make
+    test`` installed it, or one ``npm ci`` does, under a lock (xdist workers, and
+    tests/test_openrpc.py, which needs the same packages). Skips only without Node.js."""
+    if NODE is None:
+        pytest.skip("this check needs Node.js: `node` is not on PATH")
+    if not marker.exists():
+        if NPM is None:
+            pytest.skip(f"npm is not on PATH: cannot install {TS_DIR}'s packages")
+        with open(Path(tempfile.gettempdir()) / "warren-acp-ts-npm-ci.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not marker.exists():
+                done = subprocess.run([NPM, "ci", "--prefix", str(TS_DIR), "--no-audit", "--no-fund"],
+                                      capture_output=True, text=True, timeout=300)
+                if done.returncode != 0 or not marker.exists():
+                    pytest.fail(f"npm ci --prefix {TS_DIR} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return NODE
 SCHEMA_PATH = TS_DIR / "node_modules" / "@agentclientprotocol" / "sdk" / "schema" / "v1" / "schema.json"
 #: The stdio MCP server the tool-call scenario attaches: the ``mcp`` SDK's server side, with an
 #: ``echo(text)`` tool among others (shared with the MCP tests).

@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 from typing import Any
@@ -27,29 +26,20 @@ from tests.acp_helpers import (
     SCHEMA_PATH,
     SLOW_STEP,
     STREAMED_TEXT,
+    NODE,
+    NPM,
     TS_DIR,
     agent_env,
     mcp_stdio_server,
+    node_with_packages,
     schema_violations,
 )
 
-NODE, NPM = shutil.which("node"), shutil.which("npm")
 pytestmark = pytest.mark.skipif(NODE is None or NPM is None,
                                 reason="the TypeScript SDK judge needs Node.js: `node` and `npm` are not on PATH")
 
 JUDGE_TIMEOUT_S = 30
-INSTALL_TIMEOUT_S = 300
 SDK_MARKER = TS_DIR / "node_modules" / "@agentclientprotocol" / "sdk" / "package.json"
-
-
-def _install() -> None:
-    """``npm ci`` unless the pinned SDK is already installed (``make test`` normally did it)."""
-    if SDK_MARKER.is_file():
-        return
-    done = subprocess.run([NPM, "ci", "--prefix", str(TS_DIR), "--no-audit", "--no-fund"],  # type: ignore[list-item]
-                          capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-    if done.returncode != 0 or not SDK_MARKER.is_file():
-        pytest.fail(f"npm ci --prefix {TS_DIR} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +52,7 @@ def observations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if cache.is_file():
             return json.loads(cache.read_text())
-        _install()
+        node_with_packages(SDK_MARKER)
         work = shared / "acp-ts-judge"
         work.mkdir(exist_ok=True)
         stderr_log = work / "agents-stderr.log"

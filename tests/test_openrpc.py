@@ -15,7 +15,7 @@ from referencing.jsonschema import DRAFT7
 from warren.protocol.methods import METHODS
 from warren.protocol.schema import openrpc, render
 from tests.daemon_client import Daemon
-from tests.test_typescript import node_with_packages
+from tests.acp_helpers import node_with_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED_IN = ROOT / "schemas" / "openrpc.json"

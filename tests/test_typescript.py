@@ -10,11 +10,8 @@ marked in tests/typescript/rejected.ts.
 
 from __future__ import annotations
 
-import fcntl
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,13 +19,12 @@ import pytest
 from warren.protocol.events import EVENT_TYPES, event_type_name
 from warren.protocol.methods import CLIENT_NOTIFICATIONS, METHODS, SERVER_REQUESTS
 from warren.protocol.typescript import OUTPUT, main, render
+from tests.acp_helpers import TS_DIR, node_with_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 DECLARATIONS = ROOT / OUTPUT
 FIXTURES = ROOT / "tests" / "typescript"
-TS_DIR = ROOT / "tests" / "acp_ts"
 TSC = TS_DIR / "node_modules" / "typescript" / "bin" / "tsc"
-NODE, NPM = shutil.which("node"), shutil.which("npm")
 TSC_FLAGS = ["--noEmit", "--strict", "--target", "es2022", "--lib", "es2022", "--pretty", "false"]
 
 
@@ -58,25 +54,6 @@ def test_every_method_and_event_is_declared() -> None:
         assert f'export interface {cls.__name__} {{\n  type: "{event_type_name(cls)}";' in text
     assert "/** A JSON-RPC error member." in text  # docstrings are JSDoc
     assert not re.search(r"[:|<(,] *any\b", text)  # unknown, never any
-
-
-def node_with_packages(marker: Path) -> str:
-    """``node``, once ``marker`` (a file or folder of tests/acp_ts/node_modules) exists: ``make
-    test`` installed it, or one ``npm ci`` does, under a lock (xdist workers, and
-    tests/test_openrpc.py, which needs the same packages). Skips only without Node.js."""
-    if NODE is None:
-        pytest.skip("this check needs Node.js: `node` is not on PATH")
-    if not marker.exists():
-        if NPM is None:
-            pytest.skip(f"npm is not on PATH: cannot install {TS_DIR}'s packages")
-        with open(Path(tempfile.gettempdir()) / "warren-acp-ts-npm-ci.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not marker.exists():
-                done = subprocess.run([NPM, "ci", "--prefix", str(TS_DIR), "--no-audit", "--no-fund"],
-                                      capture_output=True, text=True, timeout=300)
-                if done.returncode != 0 or not marker.exists():
-                    pytest.fail(f"npm ci --prefix {TS_DIR} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return NODE
 
 
 def _tsc() -> list[str]:
