@@ -240,10 +240,10 @@ def _leaves(cls: type[WarrenError]) -> list[type[WarrenError]]:
 
 #: ``data.code`` -> class. Every string code of the protocol's error table has one.
 BY_STRING_CODE: dict[str, type[WarrenError]] = {c.STRING_CODE: c for c in _leaves(WarrenError)}  # type: ignore[misc]
-#: JSON-RPC number -> class, for a ``data.code`` this library does not know. Only numbers
-#: that one string code owns alone (``-32600`` is shared, so it maps to InvalidRequest, the
-#: class of its generic meaning).
-BY_NUMBER: dict[int, type[WarrenError]] = {codes.CODES[s]: c for s, c in BY_STRING_CODE.items() if s != "MESSAGE_TOO_LARGE"}
+#: JSON-RPC number -> class, for a ``data.code`` this library does not know. A number several
+#: codes share maps to the first class of it, which ``_leaves`` puts before its subclasses
+#: (``-32600``: InvalidRequest, the class of its generic meaning, not MessageTooLarge).
+BY_NUMBER: dict[int, type[WarrenError]] = {codes.CODES[s]: c for s, c in reversed(BY_STRING_CODE.items())}
 
 
 def error_from_object(error: Any) -> WarrenError:

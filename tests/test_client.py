@@ -209,6 +209,8 @@ def test_every_error_code_has_its_class_and_unknown_ones_fall_back_to_their_numb
     assert type(newer) is errors.SessionNotFound and newer.string_code == "SESSION_MOVED_TO_MARS"
     odd = errors.error_from_object({"code": -1, "message": "m", "data": {"code": "WHAT"}})
     assert type(odd) is WarrenError and odd.data == {"code": "WHAT"}
+    shared = errors.error_from_object({"code": codes.INVALID_REQUEST, "message": "m", "data": {"code": "TOO_ODD"}})
+    assert type(shared) is errors.InvalidRequest  # -32600 is MESSAGE_TOO_LARGE's too: the generic class wins
     assert issubclass(errors.MessageTooLarge, errors.InvalidRequest)
     assert issubclass(errors.SessionBusy, errors.SessionFault)
 
