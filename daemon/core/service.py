@@ -827,8 +827,7 @@ class SessionService:
 
     async def _known(self, session_id: str) -> None:
         """Events stay readable after archiving, like history: only an unknown id fails."""
-        if await self.store.read(lambda db: sessions.get_session(db, session_id)) is None:
-            raise errors.NotFound(session_id)
+        await self.session_row(session_id, archived=True)
 
     async def events(self, p: SessionEventsParams) -> SessionEventsResult:
         await self._known(p.session_id)
