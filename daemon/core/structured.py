@@ -8,7 +8,7 @@ server may ignore the mode, and the scripted provider has none.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import msgspec
 
@@ -17,17 +17,28 @@ from .. import errors
 _decode = msgspec.json.Decoder()
 
 
-def check_schema(schema: dict[str, Any] | None, path: str = "$.output_schema") -> None:
-    """Refuse what is not a JSON Schema object, naming where it is wrong."""
-    if schema is None:
-        return
+def json_path(parts: Iterable[Any]) -> str:
+    """A jsonschema error's path (``exc.path``, ``absolute_path``) as ``.a[0].b``, to follow
+    ``$`` or the path of the value checked."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
+def schema_problem(schema: dict[str, Any], path: str) -> dict[str, str] | None:
+    """What makes ``schema`` (found at ``path``) no valid JSON Schema, or None."""
     from jsonschema import Draft202012Validator, SchemaError
 
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
-        raise errors.InvalidRequest.at(f"{path}{where}", exc.message) from None
+        return {"path": f"{path}{json_path(exc.path)}", "message": exc.message}
+    return None
+
+
+def check_schema(schema: dict[str, Any] | None, path: str = "$.output_schema") -> None:
+    """Refuse what is not a JSON Schema object, naming where it is wrong."""
+    problem = None if schema is None else schema_problem(schema, path)
+    if problem is not None:
+        raise errors.InvalidRequest.at(problem["path"], problem["message"])
 
 
 def parse(text: str, schema: dict[str, Any]) -> tuple[Any, list[str]]:
@@ -44,7 +55,7 @@ def parse(text: str, schema: dict[str, Any]) -> tuple[Any, list[str]]:
     from jsonschema import Draft202012Validator
 
     problems = [
-        f"{e.message} (at ${''.join(f'[{p}]' if isinstance(p, int) else f'.{p}' for p in e.absolute_path)})"
+        f"{e.message} (at ${json_path(e.absolute_path)})"
         for e in Draft202012Validator(schema).iter_errors(value)
     ]
     return (None, problems[:10]) if problems else (value, [])

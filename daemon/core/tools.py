@@ -20,6 +20,7 @@ from warren.protocol.types import McpServerInput, ToolCall, ToolDef, ToolExecute
 
 from .. import errors
 from . import images
+from .structured import json_path, schema_problem
 from ..logs import get_logger
 
 if TYPE_CHECKING:
@@ -70,13 +71,9 @@ def check_tool_defs(tools: list[ToolDef], path: str = "$.tools") -> None:
         if schema.get("type") != "object":
             problems.append({"path": f"{path}[{i}].input_schema.type", "message": 'must be "object"'})
             continue
-        from jsonschema import Draft202012Validator, SchemaError
-
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as exc:
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
-            problems.append({"path": f"{path}[{i}].input_schema{where}", "message": exc.message})
+        problem = schema_problem(schema, f"{path}[{i}].input_schema")
+        if problem is not None:
+            problems.append(problem)
     if problems:
         raise errors.InvalidRequest("Invalid params: " + problems[0]["message"], problems)
 
@@ -112,8 +109,7 @@ def argument_problem(call: ToolCall, tool: ToolDef) -> str | None:
     error = next(iter(_validator(tool).iter_errors(call.arguments)), None)
     if error is None:
         return None
-    where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    return f"{error.message} (at {where})"
+    return f"{error.message} (at ${json_path(error.absolute_path)})"
 
 
 Emit = Callable[[Event], Awaitable[None]]
